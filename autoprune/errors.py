@@ -1,0 +1,25 @@
+"""One base error for everything autoprune rejects; the CLI prints it as one line and exits 2."""
+
+
+class AutopruneError(Exception):
+    """Base class: the message must say what is wrong and how to fix it, in one line."""
+
+
+class ConfigError(AutopruneError):
+    """Bad configuration: unknown names, values out of range, missing files."""
+
+
+class ProfileError(ConfigError):
+    """Invalid hardware profile; the message names the offending field."""
+
+
+class PruningError(AutopruneError):
+    """A plan cannot be applied to a model."""
+
+
+class ExportError(AutopruneError):
+    """A model could not be exported to a valid ONNX file."""
+
+
+class MeasurementError(AutopruneError):
+    """A latency measurement failed on the target runtime."""

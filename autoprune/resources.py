@@ -1,0 +1,35 @@
+"""Locate the YAML folders shipped with autoprune (conf/, hw_profiles/, search_spaces/).
+
+In a checkout they sit next to the package; in a wheel they are copied inside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoprune.errors import ConfigError
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> Path:
+    """Folder `name` from an installed wheel (inside the package) or a checkout (beside it)."""
+    for candidate in (_PACKAGE / name, _PACKAGE.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError(f"autoprune's '{name}' folder is missing: reinstall autoprune (pip install -e .)")
+
+
+def resolve_yaml(kind: str, name_or_path: str) -> Path:
+    """A shipped YAML by name (`cpu-ort-1t`) in folder `kind`, or any YAML file by path."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in {".yaml", ".yml"} or path.parent != Path("."):
+        if path.is_file():
+            return path
+        raise ConfigError(f"{kind} file not found: {path}")
+    folder = resource_dir(kind)
+    shipped = folder / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ConfigError(f"unknown {kind} '{name_or_path}': choose one of [{names}] or give a path to a YAML file")

@@ -1,0 +1,51 @@
+"""Open (or resume) the Optuna study behind a search; storage is any SQLAlchemy URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from sqlalchemy.engine import make_url
+
+from autoprune.errors import ConfigError
+
+DIRECTIONS = ("maximize", "minimize")   # val accuracy, median latency (ms)
+OBJECTIVES = ("val_accuracy", "latency_ms")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    samplers = {
+        # Multivariate TPE learns from the first trials on; NSGA-II needs several generations.
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
+    if name not in samplers:
+        raise ConfigError(f"unknown search.sampler '{name}': choose one of {sorted(samplers)}")
+    return samplers[name]()
+
+
+def _check_storage(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(f"search.storage '{url}' is not a SQLAlchemy URL: use e.g. sqlite:///autoprune.db") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create the study, or load it when it exists (this is what makes a re-run resume)."""
+    url = _check_storage(storage)
+    try:
+        study = optuna.create_study(storage=url, study_name=study_name, sampler=sampler,
+                                    directions=list(DIRECTIONS), load_if_exists=True)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open search.storage '{url}': {first}") from None
+    if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
+        raise ConfigError(f"study '{study_name}' in {url} has other objectives: set search.study_name to a new name")
+    return study

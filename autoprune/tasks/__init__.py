@@ -1,0 +1,60 @@
+"""Tasks: a model factory, a data factory and how to train the baseline, built from `task=` config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch.nn as nn
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from autoprune.errors import ConfigError
+from autoprune.recover.finetune import TrainConfig
+from autoprune.tasks.data import DataSplits
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    make_model: Callable[[], nn.Module]   # a fresh, untrained model
+    data: DataSplits
+    train: TrainConfig                     # how the baseline is trained when no checkpoint is given
+    checkpoint: Optional[Path]
+    key: str                               # hash of the task config: keys the baseline cache
+
+
+def _instantiate(node: Any, what: str) -> Any:
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        raise ConfigError(f"task.{what}._target_ is missing: set it to an importable factory, e.g. pkg.module.make_{what}")
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"task.{what}._target_={target} failed: {reason}") from None
+
+
+def build_task(cfg: DictConfig) -> Task:
+    """Instantiate the data once; the model factory is called per baseline build."""
+    model_cfg = cfg.model
+    data = DataSplits.coerce(_instantiate(cfg.data, "data"), cfg.data.get("_target_"))
+
+    def make_model() -> nn.Module:
+        model = _instantiate(model_cfg, "model")
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"task.model._target_={model_cfg._target_} returned {type(model).__name__}, not an nn.Module")
+        return model
+
+    checkpoint = Path(cfg.checkpoint).expanduser() if cfg.get("checkpoint") else None
+    train = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    key = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Task(cfg.name, make_model, data, train, checkpoint, key)
+
+
+__all__ = ["DataSplits", "Task", "build_task"]

@@ -1,0 +1,37 @@
+"""The data contract between a task's data factory and the rest of autoprune."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from autoprune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Fixed train / val / test splits. Each item of each split is `(input_tensor, int_label)`.
+
+    Selection (search) uses `val`; `test` is only used once for the final Pareto models."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+    @classmethod
+    def coerce(cls, value, factory: str) -> "DataSplits":
+        """Accept a DataSplits or any (train, val, test) triple from a user's data factory."""
+        if isinstance(value, DataSplits):
+            return value
+        if isinstance(value, (tuple, list)) and len(value) == 3:
+            return cls(*value)
+        raise ConfigError(f"data factory {factory} returned {type(value).__name__}: "
+                          "return autoprune.DataSplits(train, val, test) or a (train, val, test) tuple")
+
+    def sample_shape(self) -> tuple[int, ...]:
+        x, _ = self.train[0]
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError("data items must be (tensor, label) pairs: convert inputs with torch.as_tensor")
+        return tuple(x.shape)

@@ -1,0 +1,87 @@
+"""MLflow layout of a search.
+
+One parent run per invocation (tag autoprune.role=search) holding the report; nested runs for the
+baseline (autoprune.role=baseline) and for each trial (autoprune.role=trial, autoprune.trial_number,
+autoprune.state). Everything goes through MlflowClient: no global active-run state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from autoprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ROLE = "autoprune.role"
+STUDY = "autoprune.study"
+TRIAL_NUMBER = "autoprune.trial_number"
+STATE = "autoprune.state"
+PARETO = "autoprune.pareto"
+PARENT = "mlflow.parentRunId"
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.uri = uri
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot use MLflow tracking.uri '{uri}': {first} "
+                              "(use sqlite:///mlflow.db or an http:// tracking server)") from None
+        self.parent_id: Optional[str] = None
+
+    # -- runs ---------------------------------------------------------------------------------
+    def start_search(self, name: str, study: str, params: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", STUDY: study})
+        self.parent_id = run.info.run_id
+        self.log(self.parent_id, params=params)
+        return self.parent_id
+
+    def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
+        tags = {ROLE: role, PARENT: self.parent_id, **(tags or {})}
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # -- data ---------------------------------------------------------------------------------
+    def log(self, run_id: str, params: Optional[dict] = None, metrics: Optional[dict] = None,
+            tags: Optional[dict] = None, step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: Optional[str] = None) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def download(self, run_id: str, artifact: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+
+    def trial_runs(self, study: str) -> list:
+        """All trial runs of a study, across invocations."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'trial' and tags.`{STUDY}` = '{study}'",
+            max_results=50000,
+        )
+
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.uri}"
