@@ -1,8 +1,8 @@
 """Structured channel pruning: physically remove conv filters / linear neurons, dependency-aware.
 
 torch-pruning's DependencyGraph couples every layer whose channels must shrink together (residual
-adds, BatchNorm, the next layer's input channels) into one *group*. A group is named after its root
-module (the first layer, in module order, whose output channels it prunes); a PrunePlan gives one
+adds, BatchNorm, the next layer's input channels) into one *group*. A group is named after the first
+layer (in `named_modules()` order) whose output channels it prunes; a PrunePlan gives one
 ratio per group name. Kept channel counts are rounded to the hardware profile's multiple.
 """
 
@@ -65,13 +65,17 @@ class ChannelPruner:
         finally:
             model.train(was_training)
         ignored = [module for name, module in model.named_modules() if name in self.ignored]
+        order = {name: i for i, name in enumerate(names.values())}
         groups = []
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
             root = group[0].dep.target.module
             members = tuple(
                 dict.fromkeys(names[dep.target.module] for dep, _ in group if dep.target.module in names)
             )
-            groups.append((names[root], root, group, members))
+            # Named after its first layer (in model order) whose output channels it removes.
+            outputs = [names[dep.target.module] for dep, _ in group
+                       if isinstance(dep.target.module, ROOT_TYPES) and graph.is_out_channel_pruning_fn(dep.handler)]
+            groups.append((min(outputs, key=order.__getitem__), root, group, members))
         return graph, groups
 
     def groups(self, model: nn.Module) -> list[PrunableGroup]:

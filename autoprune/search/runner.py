@@ -28,7 +28,7 @@ from autoprune.prune import ChannelPruner, output_layers
 from autoprune.recover import TrainConfig, evaluate
 from autoprune.report import Candidate, format_table, write_report
 from autoprune.search.space import SearchSpace, load_space, plan_from_params
-from autoprune.search.study import OBJECTIVES, make_sampler, open_study
+from autoprune.search.study import make_sampler, open_storage, open_study
 from autoprune.tasks import build_task
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import PARETO, STATE, STUDY, TRIAL_NUMBER
@@ -82,6 +82,7 @@ class Search:
         self.sampler = make_sampler(cfg.search.sampler, int(cfg.seed))
         if int(cfg.search.n_trials) < 0:
             raise ConfigError(f"search.n_trials must be >= 0, got {cfg.search.n_trials}")
+        self.storage = open_storage(cfg.search.storage)
         self.task = build_task(cfg.task)
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
         self.baseline, self.baseline_origin = load_baseline(self.task, Path(cfg.cache_dir))
@@ -99,7 +100,7 @@ class Search:
                                             TrainConfig(**OmegaConf.to_container(cfg.recover, resolve=True)),
                                             self.profile, self.backend)
         self.study_name = _study_name(cfg, self.task.key, self.profile.digest(), self.space)
-        self.study = open_study(cfg.search.storage, self.study_name, self.sampler)
+        self.study = open_study(self.storage, self.study_name, self.sampler)
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:

@@ -35,17 +35,21 @@ def _check_storage(url: str) -> str:
     return url
 
 
-def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create the study, or load it when it exists (this is what makes a re-run resume)."""
-    url = _check_storage(storage)
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Connect to the Optuna storage (creating its tables); fails fast with a one-line reason."""
+    url = _check_storage(url)
     try:
-        study = optuna.create_study(storage=url, study_name=study_name, sampler=sampler,
-                                    directions=list(DIRECTIONS), load_if_exists=True)
-    except ConfigError:
-        raise
+        return optuna.storages.get_storage(url)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot open search.storage '{url}': {first}") from None
+
+
+def open_study(storage: optuna.storages.BaseStorage, study_name: str,
+               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create the study, or load it when it exists (this is what makes a re-run resume)."""
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+                                directions=list(DIRECTIONS), load_if_exists=True)
     if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
-        raise ConfigError(f"study '{study_name}' in {url} has other objectives: set search.study_name to a new name")
+        raise ConfigError(f"study '{study_name}' has other objectives: set search.study_name to a new name")
     return study

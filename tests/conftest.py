@@ -1,0 +1,38 @@
+"""Shared fixtures: the real Hydra config, composed once per test and shrunk for speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from autoprune.resources import resource_dir
+
+DATA = Path(__file__).parent / "data"
+
+# A tiny but real setup: ResNet (8/16/16 channels) on 16x16 digits, 2 baseline epochs, 1 fine-tune epoch.
+FAST = [
+    f"hw={DATA / 'fast-cpu.yaml'}",
+    "task.model.widths=[8,16,16]",
+    "task.data.size=16",
+    "task.train.epochs=2",
+    "recover.epochs=1",
+    "search.warm_start=[0.5]",
+]
+
+
+def compose_config(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(resource_dir("conf")), version_base="1.3"):
+        return compose("config", overrides=[
+            *FAST,
+            f"search.storage=sqlite:///{tmp_path / 'optuna.db'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            *overrides,
+        ])
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    return lambda *overrides: compose_config(tmp_path, *overrides)

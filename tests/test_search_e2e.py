@@ -1,0 +1,123 @@
+"""End-to-end searches with real Optuna (SQLite), real MLflow (sqlite store) and real ONNX Runtime."""
+
+from __future__ import annotations
+
+import csv
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from autoprune.cli import run
+from autoprune.search.pareto import non_dominated
+
+
+def _runs(client, exp_id, role):
+    return client.search_runs([exp_id], filter_string=f"tags.`autoprune.role` = '{role}'", max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def two_invocations(tmp_path_factory):
+    """One search of 3 trials, then the same command again with 2 more."""
+    from conftest import compose_config
+
+    tmp = tmp_path_factory.mktemp("search")
+    cfg = compose_config(tmp, "search.n_trials=3", "tracking.experiment=e2e")
+    first = run(cfg, tmp / "out1")
+    cfg2 = compose_config(tmp, "search.n_trials=2", "tracking.experiment=e2e")
+    second = run(cfg2, tmp / "out2")
+    return tmp, first, second
+
+
+def test_mlflow_layout(two_invocations):
+    tmp, first, second = two_invocations
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    parents = _runs(client, exp.experiment_id, "search")
+    assert {p.info.run_id for p in parents} == {first.parent_run_id, second.parent_run_id}
+    assert all(p.info.status == "FINISHED" for p in parents)
+    baselines = _runs(client, exp.experiment_id, "baseline")
+    assert len(baselines) == 2
+    assert {b.data.tags["mlflow.parentRunId"] for b in baselines} == {first.parent_run_id, second.parent_run_id}
+    trials = _runs(client, exp.experiment_id, "trial")
+    assert sorted(int(t.data.tags["autoprune.trial_number"]) for t in trials) == [0, 1, 2, 3, 4]
+    groups = {"stem.0", "layers.0.0.conv1", "layers.1.0.conv1", "layers.1.0.conv2", "layers.2.0.conv1",
+              "layers.2.0.conv2"}
+    for t in trials:
+        assert t.data.tags["autoprune.state"] == "complete"
+        assert {k for k in t.data.params if k.startswith("ratio.")} == {f"ratio.{g}" for g in groups}
+        assert {"val_accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "macs", "params",
+                "onnx_bytes"} <= set(t.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(t.info.run_id)}
+        assert {"plan.json", "model.onnx", "model.pt", "latency.json"} <= artifacts
+    first_numbers = {int(t.data.tags["autoprune.trial_number"]) for t in trials
+                     if t.data.tags["mlflow.parentRunId"] == first.parent_run_id}
+    assert first_numbers == {0, 1, 2}
+    report = {a.path for a in client.list_artifacts(second.parent_run_id, "report")}
+    assert report == {"report/pareto.csv", "report/pareto.png", "report/report.html"}
+
+
+def test_pareto_tags_are_exactly_the_non_dominated_set(two_invocations):
+    tmp, _, second = two_invocations
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    trials = _runs(client, client.get_experiment_by_name("e2e").experiment_id, "trial")
+    points = [(t.data.metrics["val_accuracy"], t.data.metrics["latency_ms"]) for t in trials]
+    expected = {int(trials[i].data.tags["autoprune.trial_number"]) for i in non_dominated(points, ["maximize", "minimize"])}
+    tagged = {int(t.data.tags["autoprune.trial_number"]) for t in trials if t.data.tags["autoprune.pareto"] == "true"}
+    assert tagged == expected == {c.trial for c in second.front}
+    for t in trials:  # every Pareto model has its test accuracy (models that left the front keep theirs)
+        if int(t.data.tags["autoprune.trial_number"]) in expected:
+            assert 0.0 <= t.data.metrics["test_accuracy"] <= 1.0
+    rows = list(csv.DictReader((second.report_files[0]).open()))
+    assert [int(r["trial"]) for r in rows] == [-1, *[c.trial for c in second.front]]
+
+
+def test_second_invocation_resumes_the_study(two_invocations):
+    tmp, first, second = two_invocations
+    assert first.study_name == second.study_name
+    study = optuna.load_study(study_name=first.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    assert len(study.trials) == 5 and first.n_complete == 3 and second.n_complete == 5
+    # the first trial of a new study is the enqueued uniform warm-start point
+    assert set(study.trials[0].params.values()) == {0.5}
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    sources = [r.data.tags["autoprune.source"] for r in
+               _runs(client, client.get_experiment_by_name("e2e").experiment_id, "baseline")]
+    assert sorted(s.split()[0] for s in sources) == ["cache", "trained,"]
+
+
+def test_failing_trial_is_recorded_and_search_goes_on(make_cfg, tmp_path, monkeypatch):
+    from autoprune.candidate import CandidateEvaluator
+
+    original, calls = CandidateEvaluator.evaluate, []
+
+    def flaky(self, plan, workdir, on_epoch=None):  # the second trial's export blows up
+        calls.append(plan)
+        if len(calls) == 2:
+            raise RuntimeError("injected export failure")
+        return original(self, plan, workdir, on_epoch)
+
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", flaky)
+    outcome = run(make_cfg("search.n_trials=3"), tmp_path / "out")
+    study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and outcome.n_complete == 2
+    failed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
+    assert "injected export failure" in failed.user_attrs["fail_reason"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_ = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert run_.info.status == "FAILED" and run_.data.tags["autoprune.state"] == "failed"
+    assert "injected export failure" in run_.data.tags["autoprune.fail_reason"]
+
+
+def test_own_model_data_and_checkpoint(make_cfg, tmp_path):
+    from factories import tiny_cnn
+
+    torch.manual_seed(1)
+    ckpt = tmp_path / "weights.pt"
+    torch.save(tiny_cnn().state_dict(), ckpt)
+    outcome = run(make_cfg("search.n_trials=1", "task.name=blobs", "~task.model", "~task.data",
+                           "+task.model._target_=factories.tiny_cnn", "+task.data._target_=factories.blobs",
+                           f"task.checkpoint={ckpt}"), tmp_path / "out")
+    assert outcome.n_complete == 1 and outcome.study_name.startswith("blobs-")
+    assert outcome.baseline.params == sum(p.numel() for p in tiny_cnn().parameters())
