@@ -1,7 +1,9 @@
-"""Command line: `python -m autoprune [mode=search] [hydra overrides...]`.
+"""Command line: `python -m autoprune [MODE] [hydra overrides...]`.
 
-Errors autoprune can explain (bad config, missing files, unreachable storage) print one line on
-stderr and exit with status 2; anything else is a bug and keeps its traceback.
+MODE is `search` (default), `report`, `pick` or `reproduce` (same as `mode=<MODE>`), or `agent`
+(the remote measurement agent, plain argparse options). Errors autoprune can explain (bad config,
+missing files, unreachable storage) print one line on stderr and exit with status 2; anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from autoprune.errors import AutopruneError
 from autoprune.resources import resource_dir
 
 log = logging.getLogger("autoprune")
-MODES = ("search",)
+MODES = ("search", "report", "pick", "reproduce")
 
 
 def _quiet_libraries() -> None:
@@ -30,15 +32,37 @@ def _quiet_libraries() -> None:
 
 
 def run(cfg: DictConfig, output_dir: Path):
-    """Run the configured mode; returns the mode's outcome (used by tests and the Python API)."""
-    if cfg.mode not in MODES:
-        raise AutopruneError(f"unknown mode '{cfg.mode}': choose one of {list(MODES)}")
-    from autoprune.search.runner import Search, print_summary
+    """Run the configured mode and print its summary; returns the mode's outcome (tests, Python API)."""
+    output_dir = Path(output_dir)
+    if cfg.mode == "search":
+        from autoprune.search.runner import Search, print_summary
 
-    search = Search(cfg, output_dir)
-    outcome = search.run()
-    print_summary(outcome, search.tracker.ui_command(), output_dir)
-    return outcome
+        search = Search(cfg, output_dir)
+        outcome = search.run()
+        print_summary(outcome.report, search.tracker.ui_command(), output_dir / "report")
+        return outcome
+    if cfg.mode == "report":
+        from autoprune.report.mode import run_report
+        from autoprune.search.runner import print_summary
+
+        data, files = run_report(cfg, output_dir)
+        print_summary(data, f"mlflow ui --backend-store-uri {cfg.tracking.uri}", files[0].parent)
+        return data, files
+    if cfg.mode == "pick":
+        from autoprune.pick import run_pick
+
+        outcome = run_pick(cfg)
+        print(f"registered {outcome.model_name} version {outcome.version} with alias '{outcome.alias}' "
+              f"(trial {outcome.chosen.trial}); ONNX exported to {outcome.onnx_path}")
+        return outcome
+    if cfg.mode == "reproduce":
+        from autoprune.reproduce import run_reproduce
+
+        outcome = run_reproduce(cfg, output_dir)
+        print(f"trial {outcome.trial}: logged vs reproduced now")
+        print(outcome.table())
+        return outcome
+    raise AutopruneError(f"unknown mode '{cfg.mode}': choose one of {list(MODES)} (or run `python -m autoprune agent`)")
 
 
 @hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")
@@ -52,6 +76,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] in MODES:  # `python -m autoprune pick ...` == `python -m autoprune mode=pick ...`
+        sys.argv[1:] = [f"mode={args[0]}", *args[1:]]
     _hydra_main()
 
 

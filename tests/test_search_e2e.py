@@ -55,7 +55,7 @@ def test_mlflow_layout(two_invocations):
                      if t.data.tags["mlflow.parentRunId"] == first.parent_run_id}
     assert first_numbers == {0, 1, 2}
     report = {a.path for a in client.list_artifacts(second.parent_run_id, "report")}
-    assert report == {"report/pareto.csv", "report/pareto.png", "report/report.html"}
+    assert {"report/pareto.csv", "report/pareto.png", "report/report.html"} <= report
 
 
 def test_pareto_tags_are_exactly_the_non_dominated_set(two_invocations):
@@ -65,19 +65,19 @@ def test_pareto_tags_are_exactly_the_non_dominated_set(two_invocations):
     points = [(t.data.metrics["val_accuracy"], t.data.metrics["latency_ms"]) for t in trials]
     expected = {int(trials[i].data.tags["autoprune.trial_number"]) for i in non_dominated(points, ["maximize", "minimize"])}
     tagged = {int(t.data.tags["autoprune.trial_number"]) for t in trials if t.data.tags["autoprune.pareto"] == "true"}
-    assert tagged == expected == {c.trial for c in second.front}
+    assert tagged == expected == {c.trial for c in second.report.front}
     for t in trials:  # every Pareto model has its test accuracy (models that left the front keep theirs)
         if int(t.data.tags["autoprune.trial_number"]) in expected:
             assert 0.0 <= t.data.metrics["test_accuracy"] <= 1.0
     rows = list(csv.DictReader((second.report_files[0]).open()))
-    assert [int(r["trial"]) for r in rows] == [-1, *[c.trial for c in second.front]]
+    assert [int(r["trial"]) for r in rows] == [-1, *[c.trial for c in second.report.front]]
 
 
 def test_second_invocation_resumes_the_study(two_invocations):
     tmp, first, second = two_invocations
     assert first.study_name == second.study_name
     study = optuna.load_study(study_name=first.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
-    assert len(study.trials) == 5 and first.n_complete == 3 and second.n_complete == 5
+    assert len(study.trials) == 5 and len(first.report.trials) == 3 and len(second.report.trials) == 5
     # the first trial of a new study is the enqueued uniform warm-start point
     assert set(study.trials[0].params.values()) == {0.5}
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -101,7 +101,7 @@ def test_failing_trial_is_recorded_and_search_goes_on(make_cfg, tmp_path, monkey
     outcome = run(make_cfg("search.n_trials=3"), tmp_path / "out")
     study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.FAIL) == 1 and outcome.n_complete == 2
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and len(outcome.report.trials) == 2
     failed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
     assert "injected export failure" in failed.user_attrs["fail_reason"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -119,5 +119,5 @@ def test_own_model_data_and_checkpoint(make_cfg, tmp_path):
     outcome = run(make_cfg("search.n_trials=1", "task.name=blobs", "~task.model", "~task.data",
                            "+task.model._target_=factories.tiny_cnn", "+task.data._target_=factories.blobs",
                            f"task.checkpoint={ckpt}"), tmp_path / "out")
-    assert outcome.n_complete == 1 and outcome.study_name.startswith("blobs-")
-    assert outcome.baseline.params == sum(p.numel() for p in tiny_cnn().parameters())
+    assert len(outcome.report.trials) == 1 and outcome.study_name.startswith("blobs-")
+    assert outcome.report.baseline.params == sum(p.numel() for p in tiny_cnn().parameters())

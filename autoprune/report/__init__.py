@@ -1,5 +1,6 @@
-"""Pareto reports: console table, CSV, PNG and a self-contained HTML page."""
+"""Pareto reports: console table, CSV/JSON, PNG figures and a self-contained HTML page."""
 
-from autoprune.report.pareto_report import Candidate, format_table, write_report
+from autoprune.report.collect import Candidate, ReportData, collect
+from autoprune.report.pareto_report import format_table, write_report
 
-__all__ = ["Candidate", "format_table", "write_report"]
+__all__ = ["Candidate", "ReportData", "collect", "format_table", "write_report"]

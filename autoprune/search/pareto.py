@@ -34,3 +34,12 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float
         next_lat = pts[i + 1][1] if i + 1 < len(pts) else ref_lat
         area += (best_acc - ref_acc) * (next_lat - lat)
     return area
+
+
+def normalized_hypervolume(points: Sequence[tuple[float, float]], baseline_accuracy: float,
+                           baseline_latency: float, max_drop: float = 0.1) -> float:
+    """Hypervolume of (accuracy, latency) points in the box [baseline_accuracy - max_drop, ∞) ×
+    [0, baseline_latency], divided by the box's area: 0 = nothing useful found, 1 = a model with
+    zero latency at no accuracy loss. Comparable across searches of the same task and profile."""
+    reference = (baseline_accuracy - max_drop, baseline_latency)
+    return hypervolume_2d(points, reference) / (max_drop * baseline_latency)

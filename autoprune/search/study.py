@@ -53,3 +53,16 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str,
     if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
         raise ConfigError(f"study '{study_name}' has other objectives: set search.study_name to a new name")
     return study
+
+
+def find_study(storage: optuna.storages.BaseStorage, url: str, study_name: str | None) -> optuna.Study:
+    """The study named `study_name`, or the only study in the storage when no name is given."""
+    names = optuna.get_all_study_names(storage)
+    if study_name is None:
+        if len(names) != 1:
+            raise ConfigError(f"{len(names)} studies in {url} ({names}): choose one with search.study_name=<name>"
+                              if names else f"no study in {url}: run a search first or fix search.storage")
+        study_name = names[0]
+    elif study_name not in names:
+        raise ConfigError(f"no study '{study_name}' in {url}; studies there: {names}")
+    return optuna.load_study(study_name=study_name, storage=storage)

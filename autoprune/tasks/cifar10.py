@@ -25,9 +25,9 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 MEAN = (0.4914, 0.4822, 0.4465)  # per-channel statistics of the CIFAR-10 training set
 STD = (0.2470, 0.2435, 0.2616)
-HOW_TO_GET = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
-              "(or, with torchvision, torchvision.datasets.CIFAR10(dir, download=True)), then set "
-              "task.data.root=<dir>/cifar-10-batches-py or the CIFAR10_ROOT environment variable")
+HOW_TO_GET = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into "
+              "<dir> (torchvision.datasets.CIFAR10('<dir>', download=True) does the same), then set "
+              "task.data.root=<dir>/cifar-10-batches-py or CIFAR10_ROOT")
 
 
 def find_batches(root: Union[str, Path]) -> Path:
@@ -37,7 +37,8 @@ def find_batches(root: Union[str, Path]) -> Path:
         if all((folder / name).is_file() for name in (*TRAIN_FILES, TEST_FILE)):
             return folder
     missing = [name for name in (*TRAIN_FILES, TEST_FILE) if not (root / name).is_file()]
-    raise ConfigError(f"CIFAR-10 batches not found in {root} (missing {', '.join(missing)}): {HOW_TO_GET}")
+    which = "" if len(missing) == len(TRAIN_FILES) + 1 else f" (missing {', '.join(missing)})"
+    raise ConfigError(f"CIFAR-10 python batches not found in {root}{which}: {HOW_TO_GET}")
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +48,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as exc:  # truncated file, wrong format, missing keys
-        raise ConfigError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc}): {HOW_TO_GET}") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"{path} is not a CIFAR-10 python batch ({reason}): {HOW_TO_GET}") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise ConfigError(f"{path} holds data of shape {data.shape} with {len(labels)} labels, expected "
                           f"[N, 3072] with N labels: {HOW_TO_GET}")

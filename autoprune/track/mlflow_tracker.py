@@ -26,6 +26,8 @@ TRIAL_NUMBER = "autoprune.trial_number"
 STATE = "autoprune.state"
 PARETO = "autoprune.pareto"
 PARENT = "mlflow.parentRunId"
+ONNX_MODEL_ID = "autoprune.onnx_model_id"
+TORCH_MODEL_ID = "autoprune.pytorch_model_id"
 
 
 class Tracker:
@@ -85,3 +87,40 @@ class Tracker:
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.uri}"
+
+    def log_models(self, run_id: str, onnx_file: Path, torch_file: Path) -> dict[str, str]:
+        """Log a trial's model as MLflow models (ONNX and PyTorch, with signature and input example);
+        their model ids are tagged on the run. Returns the tags."""
+        import logging as _logging
+        import warnings
+
+        import mlflow
+        import mlflow.onnx
+        import mlflow.pytorch
+        import numpy as np
+        import onnx
+        import onnxruntime
+        import torch
+        from mlflow.models import infer_signature
+
+        model = torch.load(torch_file, map_location="cpu", weights_only=False).eval()
+        proto = onnx.load(str(onnx_file))
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+        example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+        mlflow.set_tracking_uri(self.uri)
+        for noisy in ("mlflow", "torch._export", "torch.export"):
+            _logging.getLogger(noisy).setLevel(_logging.ERROR)
+        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+            warnings.simplefilter("ignore")
+            onnx_info = mlflow.onnx.log_model(proto, name="onnx_model", signature=signature, input_example=example,
+                                              onnx_execution_providers=["CPUExecutionProvider"],
+                                              pip_requirements=[f"onnxruntime=={onnxruntime.__version__}"])
+            torch_info = mlflow.pytorch.log_model(model, name="pytorch_model", signature=signature,
+                                                  input_example=example,
+                                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        tags = {ONNX_MODEL_ID: onnx_info.model_id, TORCH_MODEL_ID: torch_info.model_id}
+        self.log(run_id, tags=tags)
+        return tags

@@ -1,0 +1,90 @@
+"""Gather a search's results from the Optuna study and MLflow alone (so `report` can rerun any time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import optuna
+
+from autoprune.errors import ConfigError
+from autoprune.search.pareto import normalized_hypervolume
+from autoprune.search.space import plan_from_params
+from autoprune.track import Tracker
+from autoprune.track.mlflow_tracker import ROLE, STUDY, TRIAL_NUMBER
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model of the report: a trial, or the baseline (trial = -1)."""
+
+    trial: int
+    val_accuracy: float
+    latency_ms: float
+    latency_p90_ms: float
+    params: int
+    macs: int
+    onnx_bytes: int
+    test_accuracy: float | None = None
+    speedup: float | None = None
+    run_id: str | None = None
+    ratios: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return "baseline" if self.trial < 0 else f"#{self.trial}"
+
+
+@dataclass(frozen=True)
+class ReportData:
+    study_name: str
+    baseline: Candidate
+    trials: list[Candidate]              # every completed trial, in trial order
+    front: list[Candidate]               # the non-dominated ones, by latency
+    n_failed: int
+    hypervolume: list[tuple[int, float]]  # (trial number, normalized HV of all trials up to it)
+    fingerprint: dict
+    max_drop: float
+
+    @property
+    def others(self) -> list[Candidate]:
+        on_front = {c.trial for c in self.front}
+        return [c for c in self.trials if c.trial not in on_front]
+
+
+def baseline_run(tracker: Tracker, study_name: str):
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'baseline' and tags.`{STUDY}` = '{study_name}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ConfigError(f"no baseline run for study '{study_name}' in MLflow {tracker.uri}: "
+                          "use the tracking.uri and tracking.experiment the search ran with")
+    return runs[0]
+
+
+def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1) -> ReportData:
+    base_run = baseline_run(tracker, study.study_name)
+    m = base_run.data.metrics
+    baseline = Candidate(-1, m["val_accuracy"], m["latency_ms"], m["latency_p90_ms"], int(m["params"]),
+                         int(m["macs"]), int(m["onnx_bytes"]), m.get("test_accuracy"), 1.0, base_run.info.run_id)
+    runs = {int(r.data.tags[TRIAL_NUMBER]): r for r in tracker.trial_runs(study.study_name)}
+    all_trials = study.get_trials(deepcopy=False)
+    complete = [t for t in all_trials if t.state == optuna.trial.TrialState.COMPLETE]
+    candidates = []
+    for t in complete:
+        a, run = t.user_attrs, runs.get(t.number)
+        candidates.append(Candidate(
+            trial=t.number, val_accuracy=t.values[0], latency_ms=t.values[1], latency_p90_ms=a["latency_p90_ms"],
+            params=int(a["params"]), macs=int(a["macs"]), onnx_bytes=int(a["onnx_bytes"]),
+            test_accuracy=run.data.metrics.get("test_accuracy") if run else None,
+            speedup=baseline.latency_ms / t.values[1], run_id=run.info.run_id if run else None,
+            ratios={k: v["ratio"] for k, v in plan_from_params(t.params).to_dict()["groups"].items()},
+        ))
+    front_numbers = {t.number for t in study.best_trials}
+    front = sorted((c for c in candidates if c.trial in front_numbers), key=lambda c: c.latency_ms)
+    hv, points = [], []
+    for c in candidates:
+        points.append((c.val_accuracy, c.latency_ms))
+        hv.append((c.trial, normalized_hypervolume(points, baseline.val_accuracy, baseline.latency_ms, max_drop)))
+    fingerprint = {k[3:]: v for k, v in base_run.data.params.items() if k.startswith("hw.")}
+    n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)
+    return ReportData(study.study_name, baseline, candidates, front, n_failed, hv, fingerprint, max_drop)

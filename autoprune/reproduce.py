@@ -1,0 +1,63 @@
+"""`mode=reproduce reproduce.trial=N`: rebuild a trial's model from the baseline and its logged plan,
+re-evaluate and re-measure it, and compare with what the search logged."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from omegaconf import DictConfig
+
+from autoprune.context import build_context
+from autoprune.errors import ConfigError
+from autoprune.search.existing import load_existing, study_config
+from autoprune.search.space import plan_from_params
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    trial: int
+    same_architecture: bool
+    logged: dict      # val_accuracy, latency_ms, params, macs as logged by the search
+    now: dict         # the same, measured now
+
+    def table(self) -> str:
+        rows = [f"{'':14}{'logged':>12}{'now':>12}"]
+        for key, fmt in (("val_accuracy", "{:.4f}"), ("latency_ms", "{:.4f}"), ("params", "{:,.0f}"),
+                         ("macs", "{:,.0f}")):
+            rows.append(f"{key:14}{fmt.format(self.logged[key]):>12}{fmt.format(self.now[key]):>12}")
+        rows.append(f"{'architecture':14}{'':>12}{'same' if self.same_architecture else 'DIFFERENT':>12}")
+        return "\n".join(rows)
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
+    if cfg.reproduce.trial is None:
+        raise ConfigError("reproduce needs a trial number: add reproduce.trial=<N> (see the report's model column)")
+    study, tracker = load_existing(cfg)
+    number = int(cfg.reproduce.trial)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trial = trials.get(number)
+    if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
+        done = sorted(n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE)
+        raise ConfigError(f"trial {number} of study '{study.study_name}' did not complete; completed trials: {done}")
+    stored = study_config(study)
+    ctx = build_context(stored)
+    plan = plan_from_params(trial.params, stored.prune.importance)
+    result = ctx.evaluator.evaluate(plan, Path(output_dir) / "reproduce" / f"trial-{number:04d}")
+    run_id = trial.user_attrs["mlflow_run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        logged_model = torch.load(tracker.download(run_id, "model.pt", Path(tmp)), map_location="cpu",
+                                  weights_only=False)
+    new_model = torch.load(result.model_path, map_location="cpu", weights_only=False)
+    metrics = tracker.client.get_run(run_id).data.metrics
+    logged = {k: metrics[k] for k in ("val_accuracy", "latency_ms", "params", "macs")}
+    now = {"val_accuracy": result.val_accuracy, "latency_ms": result.latency.median_ms,
+           "params": result.params, "macs": result.macs}
+    return Reproduction(number, _shapes(logged_model) == _shapes(new_model), logged, now)

@@ -1,0 +1,1 @@
+"""Search: spaces, Optuna studies, the search loop, Pareto utilities."""
