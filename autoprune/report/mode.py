@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from autoprune.deploy import write_bundle
 from autoprune.report.collect import ReportData, collect
 from autoprune.report.pareto_report import write_report
 from autoprune.search.existing import load_existing
@@ -14,4 +15,6 @@ from autoprune.search.existing import load_existing
 def run_report(cfg: DictConfig, output_dir: Path) -> tuple[ReportData, list[Path]]:
     study, tracker = load_existing(cfg)
     data = collect(study, tracker, float(cfg.search.hv_max_drop))
-    return data, write_report(data, Path(output_dir) / "report")
+    files = write_report(data, Path(output_dir) / "report")
+    write_bundle(data, tracker, Path(output_dir) / "report")
+    return data, files

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoprune.candidate import TrialResult
 from autoprune.context import SearchContext, build_context
+from autoprune.deploy import write_bundle
 from autoprune.errors import ConfigError
 from autoprune.hw import export_onnx
 from autoprune.plan import PrunePlan
@@ -197,6 +198,7 @@ class Search:
         data = collect(self.study, self.tracker, float(self.cfg.search.hv_max_drop))
         files = write_report(data, self.output_dir / "report")
         self.tracker.log_artifacts(self.tracker.parent_id, files, "report")
+        write_bundle(data, self.tracker, self.output_dir / "report")
         self.tracker.log(self.tracker.parent_id, metrics={"pareto_size": len(data.front)})
         return SearchOutcome(self.tracker.parent_id, data, files)
 

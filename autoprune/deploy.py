@@ -1,0 +1,86 @@
+"""Run-time selection among Pareto models (dynamic, scene-dependent latency budgets).
+
+A search writes a *bundle* next to its report: `models/trial-N.onnx` for every Pareto model and
+`bundle.json` with each model's validation accuracy and latency measured on the target profile.
+On the device:
+
+    from autoprune.deploy import ParetoSelector
+    selector = ParetoSelector.load("outputs/<date>/<time>/report")
+    logits, model = selector(x, budget_ms=0.2)   # most accurate model whose latency fits 0.2 ms
+
+If no model fits the budget, the fastest one runs (and `model.within_budget` is False).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from autoprune.errors import ConfigError
+from autoprune.report.collect import ReportData
+from autoprune.track import Tracker
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    onnx: str              # path relative to the bundle folder
+    val_accuracy: float
+    latency_ms: float      # median measured on the search's hardware profile
+    within_budget: bool = True
+
+
+def write_bundle(data: ReportData, tracker: Tracker, out_dir: Path) -> Path:
+    """Copy the Pareto models' ONNX files out of MLflow into `out_dir/models` and index them."""
+    out_dir = Path(out_dir)
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    models = []
+    for c in data.front:
+        target = out_dir / "models" / f"trial-{c.trial:04d}.onnx"
+        if not target.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                Path(tracker.download(c.run_id, "model.onnx", Path(tmp))).replace(target)
+        models.append(BundledModel(c.label, str(target.relative_to(out_dir)), c.val_accuracy, c.latency_ms))
+    index = out_dir / "bundle.json"
+    index.write_text(json.dumps({"study": data.study_name, "profile": data.fingerprint,
+                                 "models": [asdict(m) for m in models]}, indent=2))
+    return index
+
+
+class ParetoSelector:
+    """Holds one ONNX Runtime session per Pareto model; each call runs the best model for the budget."""
+
+    def __init__(self, folder: Path, models: Sequence[BundledModel], threads: int = 1):
+        if not models:
+            raise ConfigError(f"no models in bundle {folder}: run a search that completes at least one trial")
+        self.models = sorted(models, key=lambda m: m.latency_ms)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.sessions = {m.name: ort.InferenceSession(str(Path(folder) / m.onnx), options,
+                                                      providers=["CPUExecutionProvider"]) for m in self.models}
+
+    @classmethod
+    def load(cls, folder: str | Path, threads: int = 1) -> "ParetoSelector":
+        index = Path(folder) / "bundle.json"
+        if not index.is_file():
+            raise ConfigError(f"{index} not found: point ParetoSelector.load at a search's report folder")
+        entries = json.loads(index.read_text())["models"]
+        return cls(Path(folder), [BundledModel(**e) for e in entries], threads)
+
+    def select(self, budget_ms: float) -> BundledModel:
+        fitting = [m for m in self.models if m.latency_ms <= budget_ms]
+        if not fitting:
+            fastest = self.models[0]
+            return BundledModel(**{**asdict(fastest), "within_budget": False})
+        return max(fitting, key=lambda m: (m.val_accuracy, -m.latency_ms))
+
+    def __call__(self, x: np.ndarray, budget_ms: float) -> tuple[np.ndarray, BundledModel]:
+        model = self.select(budget_ms)
+        session = self.sessions[model.name]
+        return session.run(None, {session.get_inputs()[0].name: np.asarray(x, dtype=np.float32)})[0], model
