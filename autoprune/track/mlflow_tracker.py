@@ -53,7 +53,8 @@ class Tracker:
 
     def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
         tags = {ROLE: role, PARENT: self.parent_id, **(tags or {})}
-        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        return self.client.create_run(self.experiment_id, run_name=name,
+                                      tags={k: str(v) for k, v in tags.items()}).info.run_id
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
