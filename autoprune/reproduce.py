@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from autoprune.context import build_context
 from autoprune.errors import ConfigError
 from autoprune.search.existing import load_existing, study_config
-from autoprune.search.space import plan_from_params
+from autoprune.plan import PrunePlan
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
         raise ConfigError(f"trial {number} of study '{study.study_name}' did not complete; completed trials: {done}")
     stored = study_config(study)
     ctx = build_context(stored)
-    plan = plan_from_params(trial.params, stored.prune.importance)
+    plan = PrunePlan.from_dict(trial.user_attrs["plan"])
     result = ctx.evaluator.evaluate(plan, Path(output_dir) / "reproduce" / f"trial-{number:04d}")
     run_id = trial.user_attrs["mlflow_run_id"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,6 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.search.pareto import normalized_hypervolume
-from autoprune.search.space import plan_from_params
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import ROLE, STUDY, TRIAL_NUMBER
 
@@ -77,7 +76,7 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1) -> Rep
             params=int(a["params"]), macs=int(a["macs"]), onnx_bytes=int(a["onnx_bytes"]),
             test_accuracy=run.data.metrics.get("test_accuracy") if run else None,
             speedup=baseline.latency_ms / t.values[1], run_id=run.info.run_id if run else None,
-            ratios={k: v["ratio"] for k, v in plan_from_params(t.params).to_dict()["groups"].items()},
+            ratios={k: v["ratio"] for k, v in a["plan"]["groups"].items()},
         ))
     front_numbers = {t.number for t in study.best_trials}
     front = sorted((c for c in candidates if c.trial in front_numbers), key=lambda c: c.latency_ms)

@@ -74,12 +74,12 @@ class Search:
         cfg, ctx = self.cfg, self.ctx
         if not self.study.trials:
             for ratio in cfg.search.warm_start:
-                self.study.enqueue_trial(ctx.space.params(ctx.space.uniform(float(ratio))))
+                self.study.enqueue_trial(ctx.space.encode(ctx.space.uniform(float(ratio))))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
         self.study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
         params = {"task": cfg.task.name, "hw": ctx.profile.name, "hw_digest": ctx.profile.digest(),
                   "n_trials": cfg.search.n_trials, "sampler": cfg.search.sampler, "storage": cfg.search.storage,
-                  "groups": len(ctx.groups), "importance": ctx.space.importance, "output_dir": str(self.output_dir)}
+                  "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances), "output_dir": str(self.output_dir)}
         parent = self.tracker.start_search(f"search-{self.study_name}", self.study_name, params)
         earlier = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
         log.info("study %s (%d earlier trials) | %d prunable groups | hw %s | MLflow run %s",
@@ -148,7 +148,8 @@ class Search:
         run_id = self.tracker.start_child(f"trial-{trial.number}", "trial", {
             STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"})
         trial.set_user_attr("mlflow_run_id", run_id)
-        self.tracker.log(run_id, params={f"ratio.{g}": plan.ratio(g) for g in self.ctx.space.groups} |
+        trial.set_user_attr("plan", plan.to_dict())
+        self.tracker.log(run_id, params={f"ratio.{g.name}": plan.ratio(g.name) for g in self.ctx.groups} |
                          {"importance": plan.importance})
         workdir = self.output_dir / "trials" / f"{trial.number:04d}"
         try:
