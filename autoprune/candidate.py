@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from autoprune.hw import HardwareProfile, LatencyBackend, LatencyStats, export_onnx
+from autoprune.hw import HardwareProfile, LatencyBackend, LatencyStats, export_model
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner
 from autoprune.recover import TrainConfig, evaluate, train
@@ -79,11 +79,10 @@ class CandidateEvaluator:
         macs, params = tp.utils.count_ops_and_params(model, self.example_input)
         lap("score")
         workdir = Path(workdir)
-        onnx_path = export_onnx(model, self.example_input, workdir / "model.onnx")
+        exported = export_model(model, self.example_input, workdir)  # model.onnx and model.pt
+        onnx_path, model_path = exported.onnx_path, exported.torch_path
         lap("export")
-        latency = self.backend.measure(onnx_path, self.profile)
+        latency = self.backend.measure(exported, self.profile)
         lap("measure")
-        model_path = workdir / "model.pt"
-        torch.save(model, model_path)
         return TrialResult(plan, val_accuracy, latency, int(macs), int(params), onnx_path.stat().st_size,
                            onnx_path, model_path, seconds)

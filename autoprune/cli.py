@@ -1,7 +1,7 @@
 """Command line: `python -m autoprune [MODE] [hydra overrides...]`.
 
-MODE is `search` (default), `report`, `pick` or `reproduce` (same as `mode=<MODE>`), or `agent`
-(the remote measurement agent, plain argparse options). Errors autoprune can explain (bad config,
+MODE is `search` (default), `report`, `pick`, `reproduce` or `calibrate` (same as `mode=<MODE>`),
+or `agent` (the remote measurement agent; `python -m autoprune agent --help`). Errors autoprune can explain (bad config,
 missing files, unreachable storage) print one line on stderr and exit with status 2; anything else
 is a bug and keeps its traceback.
 """
@@ -20,7 +20,7 @@ from autoprune.errors import AutopruneError
 from autoprune.resources import resource_dir
 
 log = logging.getLogger("autoprune")
-MODES = ("search", "report", "pick", "reproduce")
+MODES = ("search", "report", "pick", "reproduce", "calibrate")
 
 
 def _quiet_libraries() -> None:
@@ -62,6 +62,13 @@ def run(cfg: DictConfig, output_dir: Path):
         print(f"trial {outcome.trial}: logged vs reproduced now")
         print(outcome.table())
         return outcome
+    if cfg.mode == "calibrate":
+        from autoprune.calibrate import run_calibrate
+
+        result, path = run_calibrate(cfg, output_dir)
+        print(result.report.summary())
+        print(f"latency table: {path}")
+        return result, path
     raise AutopruneError(f"unknown mode '{cfg.mode}': choose one of {list(MODES)} (or run `python -m autoprune agent`)")
 
 
@@ -77,6 +84,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     args = sys.argv[1:]
+    if args and args[0] == "agent":  # the measurement agent has plain options, not a Hydra config
+        from autoprune.hw.agent import main as agent_main
+
+        sys.exit(agent_main(args[1:]))
     if args and args[0] in MODES:  # `python -m autoprune pick ...` == `python -m autoprune mode=pick ...`
         sys.argv[1:] = [f"mode={args[0]}", *args[1:]]
     _hydra_main()

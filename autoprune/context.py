@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from autoprune.baseline import load_baseline
 from autoprune.candidate import CandidateEvaluator
 from autoprune.errors import ConfigError
-from autoprune.hw import HardwareProfile, LatencyBackend, get_backend, load_profile
+from autoprune.hw import HardwareProfile, Measurer, get_backend, load_profile
 from autoprune.prune import ChannelPruner, PrunableGroup, output_layers
 from autoprune.recover import TrainConfig
 from autoprune.search.space import SearchSpace, load_space
@@ -29,7 +29,7 @@ from autoprune.tasks import Task, build_task
 class SearchContext:
     cfg: DictConfig
     profile: HardwareProfile
-    backend: LatencyBackend
+    backend: Measurer
     task: Task
     baseline: nn.Module
     baseline_origin: str
@@ -43,13 +43,15 @@ class SearchContext:
         if self.cfg.search.study_name:
             return str(self.cfg.search.study_name)
         spec = json.dumps([self.task.key, self.profile.digest(), self.space.describe(),
-                           OmegaConf.to_container(self.cfg.recover, resolve=True)], sort_keys=True)
+                           OmegaConf.to_container(self.cfg.recover, resolve=True),
+                           OmegaConf.to_container(self.cfg.search.objectives, resolve=True),
+                           OmegaConf.to_container(self.cfg.search.constraints, resolve=True)], sort_keys=True)
         return f"{self.task.name}-{self.profile.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 def build_context(cfg: DictConfig) -> SearchContext:
     profile = load_profile(cfg.hw)
-    backend = get_backend(profile)
+    backend = get_backend(profile, cache_dir=Path(cfg.cache_dir))
     task = build_task(cfg.task)
     baseline, origin = load_baseline(task, Path(cfg.cache_dir))
     example = torch.randn(profile.batch_size, *task.data.sample_shape())

@@ -91,3 +91,12 @@ def test_selector_runs_the_most_accurate_model_within_budget(searched):
     assert chosen.name == max(front, key=lambda c: c.val_accuracy).label and chosen.within_budget
     _, fallback = selector(x, budget_ms=0.0)
     assert fallback.name == front[0].label and not fallback.within_budget
+
+
+def test_calibrate_builds_a_latency_table_and_reports_its_error(searched):
+    tmp, _ = searched
+    space = tmp / "coarse.yaml"
+    space.write_text("ratio: {low: 0.0, high: 0.5, step: 0.5}\n")
+    result, path = run(_cfg(tmp, "mode=calibrate", f"search_space={space}", "calibrate.n_validate=3"), tmp / "cal")
+    assert path.is_file() and path.parent == tmp / "cal" / "calibrate"
+    assert 0.0 <= result.report.share_within_10pct <= 1.0 and len(result.report.measured_ms) == 3

@@ -121,3 +121,21 @@ def test_own_model_data_and_checkpoint(make_cfg, tmp_path):
                            f"task.checkpoint={ckpt}"), tmp_path / "out")
     assert len(outcome.report.trials) == 1 and outcome.study_name.startswith("blobs-")
     assert outcome.report.baseline.params == sum(p.numel() for p in tiny_cnn().parameters())
+
+
+@pytest.mark.parametrize("overrides", [
+    ["search.backend=nni", "search.nni.tuner=evolution"],
+    ["search.sampler=uniform", "search.warm_start=[]"],
+    ["search.objectives=[val_accuracy,macs]", "search.constraints.max_params=3000"],
+])
+def test_backends_objectives_and_constraints_end_to_end(make_cfg, tmp_path, overrides):
+    outcome = run(make_cfg("search.n_trials=3", *overrides), tmp_path / "out")
+    study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 3
+    if "search.sampler=uniform" in overrides:
+        assert all(len(set(t.params.values())) == 1 for t in study.trials)
+    if "search.constraints.max_params=3000" in overrides:
+        assert [d.name.lower() for d in study.directions] == ["maximize", "minimize"]
+        assert all(t.values[1] == t.user_attrs["macs"] for t in study.trials)
+        assert {c.trial for c in outcome.report.front} <= {c.trial for c in outcome.report.trials if c.feasible}
+        assert all(c.feasible == (c.params <= 3000) for c in outcome.report.trials)

@@ -1,9 +1,12 @@
-"""Export a PyTorch model to one self-contained, checked ONNX file."""
+"""Export a PyTorch model for measurement: one self-contained, checked ONNX file (plus the module
+itself, for the torch backend)."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Union
 
 import onnx
 import torch
@@ -12,6 +15,21 @@ import torch.nn as nn
 from autoprune.errors import ExportError
 
 OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A candidate as the backends take it: the ONNX file, and the pickled torch module when saved."""
+
+    onnx_path: Path
+    torch_path: Optional[Path] = None
+
+
+ModelFiles = Union[Path, str, ExportedModel]
+
+
+def as_exported(model: ModelFiles) -> ExportedModel:
+    return model if isinstance(model, ExportedModel) else ExportedModel(Path(model))
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
@@ -34,3 +52,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
     except Exception as exc:
         raise ExportError(f"ONNX export failed for {type(model).__name__}: {exc}") from exc
     return path
+
+
+def export_model(model: nn.Module, example_input: torch.Tensor, workdir: Path) -> ExportedModel:
+    """`workdir/model.onnx` and `workdir/model.pt` (the whole module, loadable with
+    `torch.load(..., weights_only=False)`): what every backend, torch included, can measure."""
+    workdir = Path(workdir)
+    onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
+    torch_path = workdir / "model.pt"
+    torch.save(model, torch_path)
+    return ExportedModel(onnx_path, torch_path)

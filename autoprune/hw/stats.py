@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from autoprune.errors import MeasurementError
 
 
 def median_rel_ci(samples: np.ndarray) -> float:
@@ -34,10 +37,13 @@ class LatencyStats:
     n: int
     rel_ci: float      # 95 % CI half-width of the median, relative to the median
     fingerprint: dict = field(default_factory=dict)
+    layer_ms: dict = field(default_factory=dict)   # per-layer latency (profile_layers), largest first
 
     @classmethod
-    def from_samples(cls, samples_ms, fingerprint: dict) -> "LatencyStats":
+    def from_samples(cls, samples_ms, fingerprint: dict, layer_ms: dict | None = None) -> "LatencyStats":
         a = np.asarray(samples_ms, dtype=np.float64)
+        if a.size == 0:
+            raise MeasurementError("no timing samples were taken: raise max_repeats/max_seconds in the profile")
         mean = float(a.mean())
         std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
         return cls(
@@ -50,7 +56,21 @@ class LatencyStats:
             n=len(a),
             rel_ci=median_rel_ci(a),
             fingerprint=dict(fingerprint),
+            layer_ms=dict(layer_ms or {}),
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatencyStats":
+        """Inverse of to_dict (cache files, agent replies); raises MeasurementError on a wrong shape."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            kwargs = {k: data[k] for k in names if k in data}
+            stats = cls(**kwargs)
+            float(stats.median_ms), int(stats.n)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MeasurementError(f"latency record is malformed ({exc}): delete the cache entry or "
+                                   "update the agent to this autoprune version") from None
+        return stats

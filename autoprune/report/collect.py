@@ -26,6 +26,7 @@ class Candidate:
     test_accuracy: float | None = None
     speedup: float | None = None
     run_id: str | None = None
+    feasible: bool = True          # meets every search.constraints bound
     ratios: dict = field(default_factory=dict)
 
     @property
@@ -38,7 +39,7 @@ class ReportData:
     study_name: str
     baseline: Candidate
     trials: list[Candidate]              # every completed trial, in trial order
-    front: list[Candidate]               # the non-dominated ones, by latency
+    front: list[Candidate]               # the non-dominated feasible ones (in the objectives), by latency
     n_failed: int
     hypervolume: list[tuple[int, float]]  # (trial number, normalized HV of all trials up to it)
     fingerprint: dict
@@ -72,17 +73,19 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1) -> Rep
     for t in complete:
         a, run = t.user_attrs, runs.get(t.number)
         candidates.append(Candidate(
-            trial=t.number, val_accuracy=t.values[0], latency_ms=t.values[1], latency_p90_ms=a["latency_p90_ms"],
-            params=int(a["params"]), macs=int(a["macs"]), onnx_bytes=int(a["onnx_bytes"]),
-            test_accuracy=run.data.metrics.get("test_accuracy") if run else None,
-            speedup=baseline.latency_ms / t.values[1], run_id=run.info.run_id if run else None,
+            trial=t.number, val_accuracy=a["val_accuracy"], latency_ms=a["latency_ms"],
+            latency_p90_ms=a["latency_p90_ms"], params=int(a["params"]), macs=int(a["macs"]),
+            onnx_bytes=int(a["onnx_bytes"]), test_accuracy=run.data.metrics.get("test_accuracy") if run else None,
+            speedup=baseline.latency_ms / a["latency_ms"], run_id=run.info.run_id if run else None,
+            feasible=all(v <= 0 for v in t.constraints.values()),
             ratios={k: v["ratio"] for k, v in a["plan"]["groups"].items()},
         ))
     front_numbers = {t.number for t in study.best_trials}
     front = sorted((c for c in candidates if c.trial in front_numbers), key=lambda c: c.latency_ms)
     hv, points = [], []
     for c in candidates:
-        points.append((c.val_accuracy, c.latency_ms))
+        if c.feasible:
+            points.append((c.val_accuracy, c.latency_ms))
         hv.append((c.trial, normalized_hypervolume(points, baseline.val_accuracy, baseline.latency_ms, max_drop)))
     fingerprint = {k[3:]: v for k, v in base_run.data.params.items() if k.startswith("hw.")}
     n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)

@@ -51,8 +51,9 @@ def scatter_svg(data: ReportData) -> str:
     on_front = {c.trial for c in data.front}
     for c in data.trials:
         color, r = ("#d62728", 5) if c.trial in on_front else ("#aaaaaa", 3.5)
+        fill = color if c.feasible else "none"  # hollow: violates a search constraint
         out.append(f'<circle class="pt" cx="{sx(c.latency_ms):.1f}" cy="{sy(100 * c.val_accuracy):.1f}" r="{r}" '
-                   f'fill="{color}" data-info="{_info(c, base)}"/>')
+                   f'fill="{fill}" stroke="{color}" data-info="{_info(c, base)}"/>')
     out.append(f'<circle class="pt" cx="{sx(base.latency_ms):.1f}" cy="{sy(100 * base.val_accuracy):.1f}" r="7" '
                f'fill="#1f77b4" data-info="{_info(base, base)}"/>')
     out.append("</svg>")
@@ -125,7 +126,8 @@ font:11px monospace;white-space:pre;pointer-events:none}.pt{cursor:pointer}"""
 
 
 def render(data: ReportData, title: str) -> str:
-    context = {"study": data.study_name, "completed trials": len(data.trials), "failed trials": data.n_failed,
+    context = {"study": data.study_name, "completed trials": len(data.trials),
+               "feasible trials": sum(c.feasible for c in data.trials), "failed trials": data.n_failed,
                "Pareto models": len(data.front), **{f"hw {k}": v for k, v in sorted(data.fingerprint.items())}}
     ctx = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in context.items())
     return f"""<!doctype html>
@@ -133,7 +135,7 @@ def render(data: ReportData, title: str) -> str:
 <body><h1>{html.escape(title)}</h1>
 <p>Selection used the validation split; test accuracy was computed once for the Pareto models. Latencies
 are measured medians; speedups are against the baseline measured in the same run. Hover a point for its plan;
-click a column to sort.</p>
+click a column to sort. Hollow points violate a search constraint; the front is the feasible one.</p>
 <h2>Accuracy vs latency</h2>{scatter_svg(data)}
 <h2>Pareto models</h2>{sortable_table(data)}
 <h2>Pruning ratio per group</h2>{heatmap_table(data)}

@@ -22,12 +22,14 @@ from autoprune.candidate import TrialResult
 from autoprune.context import SearchContext, build_context
 from autoprune.deploy import write_bundle
 from autoprune.errors import ConfigError
-from autoprune.hw import export_onnx
+from autoprune.hw import export_model
 from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
 from autoprune.search.pareto import normalized_hypervolume
-from autoprune.search.study import make_sampler, open_storage, open_study
+from autoprune.search.objectives import Objectives
+from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
+from autoprune.search.study import open_storage, open_study
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER
 
@@ -62,12 +64,15 @@ class Search:
         self.output_dir = Path(output_dir)
         if int(cfg.search.n_trials) < 0:
             raise ConfigError(f"search.n_trials must be >= 0, got {cfg.search.n_trials}")
-        sampler = make_sampler(cfg.search.sampler, int(cfg.seed))
+        if cfg.search.backend not in ("optuna", "nni"):
+            raise ConfigError(f"unknown search.backend '{cfg.search.backend}': choose optuna or nni")
+        self.objectives = Objectives.from_config(cfg.search.objectives, cfg.search.constraints)
+        sampler = make_sampler(cfg.search.sampler, int(cfg.seed), int(cfg.search.population_size))
         storage = open_storage(cfg.search.storage)
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
         self.ctx: SearchContext = build_context(cfg)        # trains the baseline if not cached
         self.study_name = self.ctx.study_name
-        self.study = open_study(storage, self.study_name, sampler)
+        self.study = open_study(storage, self.study_name, sampler, self.objectives.directions)
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -78,7 +83,8 @@ class Search:
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
         self.study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
         params = {"task": cfg.task.name, "hw": ctx.profile.name, "hw_digest": ctx.profile.digest(),
-                  "n_trials": cfg.search.n_trials, "sampler": cfg.search.sampler, "storage": cfg.search.storage,
+                  "n_trials": cfg.search.n_trials, "backend": cfg.search.backend, "sampler": cfg.search.sampler,
+                  "objectives": ",".join(self.objectives.names), "storage": cfg.search.storage,
                   "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances), "output_dir": str(self.output_dir)}
         parent = self.tracker.start_search(f"search-{self.study_name}", self.study_name, params)
         earlier = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
@@ -87,7 +93,7 @@ class Search:
         status = "FAILED"
         try:
             baseline = self._measure_baseline()
-            self._trials(baseline)
+            self._trials(baseline, self._searcher(baseline))
             outcome = self._finish()
             status = "FINISHED"
             return outcome
@@ -103,33 +109,43 @@ class Search:
         model, data, example = ctx.baseline, ctx.task.data, ctx.evaluator.example_input
         run_id = self.tracker.start_child("baseline", "baseline", {STUDY: self.study_name})
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = export_onnx(model, example, Path(tmp) / "model.onnx")
-            latency = ctx.backend.measure(onnx_path, ctx.profile)
+            exported = export_model(model, example, Path(tmp))
+            latency = ctx.backend.measure(exported, ctx.profile, fresh=True)  # never cached: side by side
             macs, n_params = tp.utils.count_ops_and_params(model, example)
             metrics = {"val_accuracy": evaluate(model, data.val), "test_accuracy": evaluate(model, data.test),
                        "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_cv": latency.cv,
-                       "macs": macs, "params": n_params, "onnx_bytes": onnx_path.stat().st_size}
+                       "macs": macs, "params": n_params, "onnx_bytes": exported.onnx_path.stat().st_size}
             self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
                              params={f"hw.{k}": v for k, v in latency.fingerprint.items()})
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
-            self.tracker.log_artifacts(run_id, [onnx_path, Path(tmp) / "latency.json"])
+            self.tracker.log_artifacts(run_id, [exported.onnx_path, Path(tmp) / "latency.json"])
         self.tracker.end(run_id)
         log.info("baseline (%s): val %.2f%% test %.2f%% | %.3f ms median (cv %.2f%%, n=%d) | %s params",
                  ctx.baseline_origin, 100 * metrics["val_accuracy"], 100 * metrics["test_accuracy"],
                  latency.median_ms, 100 * latency.cv, latency.n, f"{int(n_params):,}")
         return metrics
 
-    def _trials(self, baseline: dict) -> None:
+    def _searcher(self, baseline: dict) -> Searcher:
+        search = self.cfg.search
+        if search.backend == "nni":
+            return NniSearcher(self.study, self.ctx.space, search.nni.tuner, int(self.cfg.seed),
+                               float(search.nni.speedup_weight), baseline["latency_ms"])
+        if search.sampler == "uniform":
+            return UniformGridSearcher(self.study, self.ctx.space)
+        return OptunaSearcher(self.study)
+
+    def _trials(self, baseline: dict, searcher: Searcher) -> None:
         n_trials, started = int(self.cfg.search.n_trials), time.perf_counter()
         max_drop = float(self.cfg.search.hv_max_drop)
         for i in range(n_trials):
-            trial = self.study.ask()
+            trial = searcher.ask()
             plan = self.ctx.space.suggest(trial)
             t0 = time.perf_counter()
-            result = self._one_trial(trial, plan)
+            result = self._one_trial(trial, plan, searcher)
             complete = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-            hv = normalized_hypervolume([tuple(t.values) for t in complete], baseline["val_accuracy"],
-                                        baseline["latency_ms"], max_drop)
+            feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+            hv = normalized_hypervolume([(t.user_attrs["val_accuracy"], t.user_attrs["latency_ms"]) for t in feasible],
+                                        baseline["val_accuracy"], baseline["latency_ms"], max_drop)
             self.tracker.log(self.tracker.parent_id, metrics={"hypervolume": hv, "completed_trials": len(complete)},
                              step=trial.number)
             elapsed = time.perf_counter() - started
@@ -143,7 +159,7 @@ class Search:
                      trial.number, time.perf_counter() - t0, 100 * result.val_accuracy, result.latency.median_ms,
                      baseline["latency_ms"] / result.latency.median_ms, f"{result.params:,}", progress)
 
-    def _one_trial(self, trial: optuna.Trial, plan: PrunePlan) -> TrialResult | None:
+    def _one_trial(self, trial: optuna.Trial, plan: PrunePlan, searcher: Searcher) -> TrialResult | None:
         """Evaluate one plan; a trial that raises is recorded as failed and the search goes on."""
         run_id = self.tracker.start_child(f"trial-{trial.number}", "trial", {
             STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"})
@@ -158,17 +174,19 @@ class Search:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = "interrupted" if interrupted else _one_line(exc)
             trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            searcher.tell(trial, None, None)
             self.tracker.log(run_id, tags={STATE: "failed", "autoprune.fail_reason": reason})
             self.tracker.end(run_id, "KILLED" if interrupted else "FAILED")
             if interrupted:
                 raise
             return None
         metrics = result.metrics()
-        for key in ("latency_p90_ms", "latency_cv", "macs", "params", "onnx_bytes"):
-            trial.set_user_attr(key, metrics[key])
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("seconds", result.seconds)
-        self.study.tell(trial, [result.val_accuracy, result.latency.median_ms])
+        for name, value in self.objectives.violations(metrics).items():
+            trial.set_constraint(name, value)
+        searcher.tell(trial, self.objectives.values(metrics), metrics)
         (workdir / "plan.json").write_text(plan.to_json())
         (workdir / "latency.json").write_text(json.dumps(result.latency.to_dict(), indent=2))
         self.tracker.log(run_id, metrics=metrics | {f"seconds_{k}": v for k, v in result.seconds.items()},

@@ -9,22 +9,6 @@ from sqlalchemy.engine import make_url
 
 from autoprune.errors import ConfigError
 
-DIRECTIONS = ("maximize", "minimize")   # val accuracy, median latency (ms)
-OBJECTIVES = ("val_accuracy", "latency_ms")
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    samplers = {
-        # Multivariate TPE learns from the first trials on; NSGA-II needs several generations.
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-    }
-    if name not in samplers:
-        raise ConfigError(f"unknown search.sampler '{name}': choose one of {sorted(samplers)}")
-    return samplers[name]()
-
-
 def _check_storage(url: str) -> str:
     try:
         parsed = make_url(url)
@@ -45,12 +29,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise ConfigError(f"cannot open search.storage '{url}': {first}") from None
 
 
-def open_study(storage: optuna.storages.BaseStorage, study_name: str,
-               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: optuna.samplers.BaseSampler,
+               directions: list[str]) -> optuna.Study:
     """Create the study, or load it when it exists (this is what makes a re-run resume)."""
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
-                                directions=list(DIRECTIONS), load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
+                                directions=directions, load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study '{study_name}' has other objectives: set search.study_name to a new name")
     return study
 

@@ -1,0 +1,357 @@
+"""Latency predictor: a per-profile lookup table of per-layer latencies at every width the search can
+produce, built by timing each layer alone on the target (`calibrate`).
+
+    predicted_ms = scale * sum(table[layer][(c_in, c_out)] for every conv / linear layer) + offset_ms
+
+Each layer (a Conv or Linear module) is timed alone, as a one-layer ONNX model with the input shape it
+sees inside the network, at every (in, out) width pair the search space allows. `scale` and
+`offset_ms` are fitted by least squares to whole-model measurements at a few uniform pruning ratios:
+they absorb what the table leaves out (per-run overhead, BatchNorm/activation/add layers, fusion).
+The error against measurement is reported on randomly drawn plans (share within ±10 %).
+
+A candidate is predicted from its plan alone (`predict_plan`, no pruning or export needed), which is
+what a search uses to screen candidates and measure only the promising ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autoprune.errors import ConfigError, MeasurementError
+from autoprune.hw.backend import LatencyBackend
+from autoprune.hw.export import export_model
+from autoprune.hw.profile import HardwareProfile
+from autoprune.plan import GroupPlan, PrunePlan
+from autoprune.prune import ChannelPruner, kept_channels
+
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Which layers there are, what they see, and which group sets their widths
+@dataclass(frozen=True)
+class LayerSpec:
+    """A Conv or Linear module of the baseline: its shape and the groups that prune its channels."""
+
+    name: str
+    kind: str                          # conv1d | conv2d | conv3d | linear
+    in_channels: int
+    out_channels: int
+    input_shape: tuple[int, ...]       # what the layer sees, batch included
+    in_group: Optional[str] = None     # the group that prunes its input channels (None: fixed)
+    out_group: Optional[str] = None    # the group that prunes its output channels (None: fixed)
+    depthwise: bool = False            # groups == in_channels == out_channels
+    conv: dict = field(default_factory=dict)  # kernel_size, stride, padding, dilation, groups
+
+    def widths(self, group_widths: dict[str, int]) -> tuple[int, int]:
+        """(in, out) channels when each group has the width in `group_widths` (missing: unpruned)."""
+        c_in = group_widths.get(self.in_group, self.in_channels) if self.in_group else self.in_channels
+        c_out = group_widths.get(self.out_group, self.out_channels) if self.out_group else self.out_channels
+        return (c_out, c_out) if self.depthwise else (c_in, c_out)
+
+
+def _module_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    shapes = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LAYER_TYPES):
+            linear = isinstance(m, nn.Linear)
+            shapes[name] = (m.in_features, m.out_features) if linear else (m.in_channels, m.out_channels)
+    return shapes
+
+
+def _input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str):
+        def record(_module, inputs, _output) -> None:
+            seen.setdefault(name, tuple(inputs[0].shape))
+        return record
+
+    hooks = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def layer_specs(model: nn.Module, pruner: ChannelPruner) -> list[LayerSpec]:
+    """Every Conv/Linear layer the example input reaches, with the groups that set its widths (found by
+    pruning a copy one group at a time and seeing which layers change)."""
+    base = _module_shapes(model)
+    inputs = _input_shapes(model, pruner.example_input)
+    in_group: dict[str, str] = {}
+    out_group: dict[str, str] = {}
+    for group in pruner.groups(model):
+        if kept_channels(group.channels, 0.5, pruner.round_to) >= group.channels:
+            continue  # too narrow to prune at this round_to: its layers keep their width
+        probe = copy.deepcopy(model)
+        pruner.apply(probe, PrunePlan.uniform([group.name], 0.5))
+        for name, (c_in, c_out) in _module_shapes(probe).items():
+            if c_in != base[name][0]:
+                in_group[name] = group.name
+            if c_out != base[name][1]:
+                out_group[name] = group.name
+    specs = []
+    modules = dict(model.named_modules())
+    for name, (c_in, c_out) in base.items():
+        if name not in inputs:
+            continue  # not used in the forward pass
+        m = modules[name]
+        conv = {} if isinstance(m, nn.Linear) else {
+            "kernel_size": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding)
+            if not isinstance(m.padding, str) else m.padding, "dilation": list(m.dilation), "groups": m.groups}
+        depthwise = bool(conv) and m.groups == c_in == c_out and c_in > 1
+        kind = "linear" if isinstance(m, nn.Linear) else type(m).__name__.lower()
+        specs.append(LayerSpec(name, kind, c_in, c_out, inputs[name], in_group.get(name), out_group.get(name),
+                               depthwise, conv))
+    return specs
+
+
+def group_options(pruner: ChannelPruner, model: nn.Module, ratios: Sequence[float]) -> dict[str, list[int]]:
+    """The widths each group can take under `ratios` and the pruner's round_to."""
+    return {g.name: sorted({kept_channels(g.channels, float(r), pruner.round_to) for r in ratios})
+            for g in pruner.groups(model)}
+
+
+def width_pairs(spec: LayerSpec, options: dict[str, list[int]]) -> list[tuple[int, int]]:
+    ins = options.get(spec.in_group, [spec.in_channels]) if spec.in_group else [spec.in_channels]
+    outs = options.get(spec.out_group, [spec.out_channels]) if spec.out_group else [spec.out_channels]
+    if spec.depthwise:
+        return [(c, c) for c in outs]
+    return [(a, b) for a in ins for b in outs]
+
+
+def one_layer_model(spec: LayerSpec, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
+    """The layer alone at widths (c_in, c_out), with a random input of the shape it sees in the network."""
+    torch.manual_seed(0)  # same bytes every time, so cached measurements are reused
+    if spec.kind == "linear":
+        return nn.Linear(c_in, c_out), torch.randn(*spec.input_shape[:-1], c_in)
+    conv_cls = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[spec.kind]
+    groups = c_in if spec.depthwise else spec.conv["groups"]
+    if c_in % groups or c_out % groups:
+        groups = 1
+    layer = conv_cls(c_in, c_out, spec.conv["kernel_size"], spec.conv["stride"], spec.conv["padding"],
+                     spec.conv["dilation"], groups)
+    return layer, torch.randn(spec.input_shape[0], c_in, *spec.input_shape[2:])
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+@dataclass
+class LatencyTable:
+    """Per-layer latencies (ms) by (in, out) width, plus the fitted correction. JSON round-trip."""
+
+    profile: str
+    profile_digest: str
+    round_to: int
+    groups: dict[str, int]                       # group -> unpruned width
+    layers: list[LayerSpec]
+    entries: dict[str, dict[tuple[int, int], float]]  # layer -> {(c_in, c_out): ms}
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    fingerprint: dict = field(default_factory=dict)
+
+    def layer_ms(self, spec: LayerSpec, c_in: int, c_out: int) -> float:
+        """Table value; off the grid, the nearest entry scaled by the ratio of multiply-adds."""
+        table = self.entries.get(spec.name)
+        if not table:
+            raise MeasurementError(f"the latency table has no layer '{spec.name}': it was built for another "
+                                   "model; run calibrate again")
+        if (c_in, c_out) in table:
+            return table[(c_in, c_out)]
+        (a, b), ms = min(table.items(), key=lambda kv: abs(math.log(kv[0][0] / c_in)) + abs(math.log(kv[0][1] / c_out)))
+        macs = (c_out if spec.depthwise else c_in * c_out)
+        return ms * macs / (b if spec.depthwise else a * b)
+
+    def raw_ms(self, group_widths: dict[str, int]) -> float:
+        return sum(self.layer_ms(s, *s.widths(group_widths)) for s in self.layers)
+
+    def group_widths(self, plan: PrunePlan) -> dict[str, int]:
+        return {g: kept_channels(ch, plan.ratio(g), self.round_to) for g, ch in self.groups.items()}
+
+    def predict_plan(self, plan: PrunePlan) -> float:
+        """Predicted median latency (ms) of the baseline pruned by `plan`; no model needed."""
+        unknown = sorted(set(plan.groups) - set(self.groups))
+        if unknown:
+            raise MeasurementError(f"the latency table does not know group(s) {unknown}: it was built for "
+                                   "another model; run calibrate again")
+        return self.scale * self.raw_ms(self.group_widths(plan)) + self.offset_ms
+
+    def predict_model(self, model: nn.Module) -> float:
+        """Predicted median latency (ms) of an already pruned model (widths read from its layers)."""
+        shapes = _module_shapes(model)
+        total = 0.0
+        for spec in self.layers:
+            if spec.name not in shapes:
+                raise MeasurementError(f"model has no layer '{spec.name}' of the latency table: run calibrate "
+                                       "for this model")
+            c_in, c_out = shapes[spec.name]
+            total += self.layer_ms(spec, c_in, c_out)
+        return self.scale * total + self.offset_ms
+
+    # -- persistence -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_VERSION, "profile": self.profile, "profile_digest": self.profile_digest,
+            "round_to": self.round_to, "groups": self.groups, "scale": self.scale, "offset_ms": self.offset_ms,
+            "fingerprint": self.fingerprint,
+            "layers": [dataclasses.asdict(s) | {"entries": {f"{a}x{b}": ms for (a, b), ms in
+                                                            sorted(self.entries[s.name].items())}}
+                       for s in self.layers],
+        }
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path, profile: Optional[HardwareProfile] = None) -> "LatencyTable":
+        """Read a table; with `profile`, refuse one calibrated for different measurement settings."""
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.get("format") != FORMAT_VERSION:
+                raise ValueError(f"format {data.get('format')} (expected {FORMAT_VERSION})")
+            layers, entries = [], {}
+            for item in data["layers"]:
+                table = item.pop("entries")
+                item["input_shape"] = tuple(item["input_shape"])
+                spec = LayerSpec(**item)
+                layers.append(spec)
+                entries[spec.name] = {tuple(int(v) for v in k.split("x")): float(ms) for k, ms in table.items()}
+            table = cls(data["profile"], data["profile_digest"], int(data["round_to"]), dict(data["groups"]),
+                        layers, entries, float(data["scale"]), float(data["offset_ms"]), data.get("fingerprint", {}))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read latency table {path} ({exc}): run calibrate again") from None
+        if profile is not None and profile.digest() != table.profile_digest:
+            raise ConfigError(f"latency table {path} was calibrated for profile '{table.profile}' with other "
+                              f"settings than '{profile.name}': run calibrate with hw={profile.name}")
+        return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and checking
+@dataclass(frozen=True)
+class PredictorReport:
+    """Prediction error against measurement: rel_errors are (predicted - measured) / measured."""
+
+    n: int
+    share_within_10pct: float
+    mean_abs_rel_error: float
+    max_abs_rel_error: float
+    predicted_ms: tuple[float, ...]
+    measured_ms: tuple[float, ...]
+
+    def summary(self) -> str:
+        return (f"predictor: {100 * self.share_within_10pct:.0f}% of {self.n} models within ±10% "
+                f"(mean |error| {100 * self.mean_abs_rel_error:.1f}%, max {100 * self.max_abs_rel_error:.1f}%)")
+
+
+def error_report(predicted: Sequence[float], measured: Sequence[float]) -> PredictorReport:
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    if len(p) == 0 or len(p) != len(m):
+        raise ConfigError("error_report needs as many predictions as measurements (at least one)")
+    rel = np.abs(p - m) / m
+    return PredictorReport(len(p), float(np.mean(rel <= 0.10)), float(rel.mean()), float(rel.max()),
+                           tuple(map(float, p)), tuple(map(float, m)))
+
+
+def _measure_plan(model, pruner, plan, profile, backend, workdir: Path) -> float:
+    pruned = pruner.apply(copy.deepcopy(model), plan)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        return backend.measure(export_model(pruned, pruner.example_input, Path(tmp)), profile).median_ms
+
+
+def build_table(model: nn.Module, pruner: ChannelPruner, ratios: Sequence[float], profile: HardwareProfile,
+                backend: LatencyBackend, workdir: Path, *, reference_ratios: Optional[Sequence[float]] = None
+                ) -> LatencyTable:
+    """Time every layer alone at every width pair `ratios` can produce (with `pruner.round_to`), then
+    fit scale/offset on whole models pruned uniformly at `reference_ratios` (default: 4 spread over
+    `ratios`). `pruner` must be the search's (same example input, ignored layers and round_to)."""
+    if pruner.round_to != profile.round_to:
+        raise ConfigError(f"pruner.round_to ({pruner.round_to}) differs from profile '{profile.name}' round_to "
+                          f"({profile.round_to}): build the pruner with the profile's round_to")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ratios = sorted({float(r) for r in ratios})
+    specs = layer_specs(model, pruner)
+    options = group_options(pruner, model, ratios)
+    layer_profile = dataclasses.replace(profile, input_shape=None, profile_layers=False)
+    entries: dict[str, dict[tuple[int, int], float]] = {}
+    fingerprint: dict = {}
+    for spec in specs:
+        entries[spec.name] = {}
+        for c_in, c_out in width_pairs(spec, options):
+            layer, x = one_layer_model(spec, c_in, c_out)
+            with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+                stats = backend.measure(export_model(layer, x, Path(tmp)), layer_profile)
+            entries[spec.name][(c_in, c_out)] = stats.median_ms
+            fingerprint = stats.fingerprint
+    groups = {g.name: g.channels for g in pruner.groups(model)}
+    table = LatencyTable(profile.name, profile.digest(), pruner.round_to, groups, specs, entries,
+                         fingerprint=fingerprint)
+    if reference_ratios is None:
+        reference_ratios = [ratios[round(i * (len(ratios) - 1) / 3)] for i in range(4)] if len(ratios) > 1 else ratios
+    reference_ratios = sorted(set(reference_ratios))
+    raw, measured = [], []
+    for r in reference_ratios:
+        plan = PrunePlan.uniform(list(groups), r)
+        raw.append(table.raw_ms(table.group_widths(plan)))
+        measured.append(_measure_plan(model, pruner, plan, profile, backend, workdir))
+    if len(set(raw)) > 1:
+        table.scale, table.offset_ms = (float(v) for v in np.polyfit(raw, measured, 1))
+    else:  # one reference point: keep the table's shape, remove the constant difference
+        table.scale, table.offset_ms = 1.0, float(measured[0] - raw[0])
+    return table
+
+
+def random_plans(groups: Sequence[str], ratios: Sequence[float], n: int, seed: int = 0) -> list[PrunePlan]:
+    """`n` plans with an independent random ratio from `ratios` per group."""
+    rng = random.Random(seed)
+    return [PrunePlan({g: GroupPlan(float(rng.choice(list(ratios)))) for g in groups}) for _ in range(n)]
+
+
+def validate(table: LatencyTable, model: nn.Module, pruner: ChannelPruner, plans: Sequence[PrunePlan],
+             profile: HardwareProfile, backend: LatencyBackend, workdir: Path) -> PredictorReport:
+    """Measure `plans` for real and compare with the table's predictions."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    predicted = [table.predict_plan(p) for p in plans]
+    measured = [_measure_plan(model, pruner, p, profile, backend, workdir) for p in plans]
+    return error_report(predicted, measured)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    table: LatencyTable
+    report: PredictorReport
+
+
+def calibrate(model: nn.Module, pruner: ChannelPruner, ratios: Sequence[float], profile: HardwareProfile,
+              backend: LatencyBackend, workdir: Path, *, n_validate: int = 8, seed: int = 0) -> Calibration:
+    """`mode=calibrate`: build the table for `model` on `profile` (through `backend`, so a profile with
+    an agent_url calibrates on the device) and report its error on `n_validate` random plans."""
+    table = build_table(model, pruner, ratios, profile, backend, workdir)
+    plans = random_plans(list(table.groups), ratios, n_validate, seed)
+    report = validate(table, model, pruner, plans, profile, backend, workdir)
+    return Calibration(table, report)

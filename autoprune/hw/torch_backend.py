@@ -1,0 +1,90 @@
+"""Latency of the PyTorch module itself, eager (optionally replayed as a CUDA graph), on CPU or CUDA:
+for GPUs without ONNX Runtime GPU or TensorRT."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+
+from autoprune.errors import MeasurementError
+from autoprune.hw.export import ModelFiles, as_exported
+from autoprune.hw.fingerprint import fingerprint
+from autoprune.hw.inputs import input_specs, random_inputs
+from autoprune.hw.profile import HardwareProfile
+from autoprune.hw.stats import LatencyStats
+from autoprune.hw.timing import RunOnce, pinned, repeat_until_stable, wall_clock
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cuda_event_timer(run: Callable[[], object]) -> RunOnce:
+    """A RunOnce timed on the GPU with CUDA events (what the kernels took, not the launch overhead)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def run_once() -> float:
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    return run_once
+
+
+def cuda_graph(net: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """Capture one forward pass as a CUDA graph; returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            net(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        net(x)
+    return graph.replay
+
+
+class TorchBackend:
+    """LatencyBackend for torch eager mode; needs the pickled module (ExportedModel.torch_path)."""
+
+    def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
+        exported = as_exported(model)
+        if exported.torch_path is None:
+            raise MeasurementError("runtime torch needs the PyTorch module, not only the ONNX file: pass "
+                                   "ExportedModel(onnx_path, torch_path) (autoprune.hw.export_model writes both)")
+        device = torch.device(profile.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise MeasurementError(f"profile '{profile.name}' needs CUDA but this torch ({torch.__version__}) sees "
+                                   "no GPU: install a CUDA build of torch or pick a CPU profile (hw=cpu-ort-1t)")
+        dtype = torch.float16 if profile.precision == "fp16" else torch.float32
+        try:
+            net = torch.load(exported.torch_path, map_location=device, weights_only=False)
+        except Exception as exc:
+            raise MeasurementError(f"cannot load torch module {exported.torch_path}: {exc}") from exc
+        net = net.to(dtype).eval()
+        specs = input_specs(exported.onnx_path, profile)
+        if len(specs) != 1:
+            raise MeasurementError(f"runtime torch times single-input models; this one has {len(specs)} inputs: "
+                                   "use runtime onnxruntime")
+        x = torch.from_numpy(random_inputs(specs)[specs[0].name]).to(device=device, dtype=dtype)
+        with pinned(profile.cpu_affinity), torch_threads(profile.thread_count()), torch.inference_mode():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+                forward = cuda_graph(net, x) if profile.cuda_graphs else (lambda: net(x))
+                samples = repeat_until_stable(cuda_event_timer(forward), profile)
+            else:
+                samples = repeat_until_stable(wall_clock(lambda: net(x)), profile)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        env = fingerprint("torch", torch.__version__, "cuda-graph" if profile.cuda_graphs else "eager",
+                          profile.precision, profile.thread_count(), profile.device, device_name=device_name)
+        return LatencyStats.from_samples(samples, env)

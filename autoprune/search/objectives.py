@@ -1,0 +1,59 @@
+"""Objectives and constraints of a search, by metric name.
+
+Objectives (search.objectives): any of val_accuracy (maximised), latency_ms, params, macs,
+onnx_bytes (minimised). Constraints (search.constraints) go through Optuna's constraint mechanism
+(`trial.set_constraint`: a value <= 0 is feasible), so samplers prefer feasible regions and the
+Pareto front is the feasible one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from autoprune.errors import ConfigError
+
+DIRECTIONS = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
+              "onnx_bytes": "minimize"}
+# constraint name -> (metric, +1 for an upper bound / -1 for a lower bound)
+CONSTRAINTS = {"max_latency_ms": ("latency_ms", 1), "min_accuracy": ("val_accuracy", -1),
+               "max_params": ("params", 1), "max_macs": ("macs", 1), "max_onnx_bytes": ("onnx_bytes", 1)}
+
+
+@dataclass(frozen=True)
+class Objectives:
+    names: tuple[str, ...] = ("val_accuracy", "latency_ms")
+    bounds: tuple[tuple[str, float], ...] = ()       # (constraint name, bound), only those set
+
+    @classmethod
+    def from_config(cls, names: Sequence[str], constraints: Optional[Mapping] = None) -> "Objectives":
+        names = tuple(names)
+        unknown = [n for n in names if n not in DIRECTIONS]
+        if unknown or not names:
+            raise ConfigError(f"search.objectives {unknown or '[]'}: choose from {list(DIRECTIONS)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"search.objectives {list(names)} repeats a metric")
+        constraints = dict(constraints or {})
+        bad = sorted(set(constraints) - set(CONSTRAINTS))
+        if bad:
+            raise ConfigError(f"search.constraints: unknown key(s) {bad}; known: {sorted(CONSTRAINTS)}")
+        bounds = tuple((k, float(v)) for k, v in constraints.items() if v is not None)
+        return cls(names, bounds)
+
+    @property
+    def directions(self) -> list[str]:
+        return [DIRECTIONS[n] for n in self.names]
+
+    def values(self, metrics: Mapping[str, float]) -> list[float]:
+        return [float(metrics[n]) for n in self.names]
+
+    def violations(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Constraint values (<= 0 is feasible), in the metric's own unit."""
+        out = {}
+        for name, bound in self.bounds:
+            metric, sign = CONSTRAINTS[name]
+            out[name] = sign * (float(metrics[metric]) - bound)
+        return out
+
+    def describe(self) -> dict:
+        return {"objectives": list(self.names), "constraints": dict(self.bounds)}

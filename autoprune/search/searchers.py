@@ -1,0 +1,165 @@
+"""Searchers behind one ask/tell interface; the Optuna study is always the record.
+
+- Optuna samplers: tpe (multivariate multi-objective TPE), nsga2, gp, random, qmc.
+- `uniform`: the baseline sweep — every trial prunes all groups by the same ratio, spread over the
+  ratio grid (coarse to fine), so a searched front can be compared with uniform pruning.
+- NNI tuners (tpe, evolution, anneal, random; `pip install autoprune[nni]`): single-objective, so
+  they maximise a documented scalarisation of the (val accuracy, latency) pair:
+      score = val_accuracy + speedup_weight * log2(baseline_latency / latency)
+  i.e. each halving of latency is worth `speedup_weight` accuracy (default 0.02 = 2 points).
+  Their proposals are enqueued into the Optuna study, so storage, resume and reports are shared.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import optuna
+
+from autoprune.errors import ConfigError
+from autoprune.search.space import SearchSpace
+
+OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp", "random", "qmc")
+NNI_TUNERS = ("tpe", "evolution", "anneal", "random")
+
+
+class Searcher(Protocol):
+    def ask(self) -> optuna.Trial: ...
+    def tell(self, trial: optuna.Trial, values: list[float] | None, metrics: dict | None) -> None: ...
+
+
+def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.samplers.BaseSampler:
+    samplers = {
+        # Multivariate TPE learns from the first trials on; NSGA-II needs several generations.
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False),
+        "uniform": lambda: optuna.samplers.RandomSampler(seed=seed),  # every trial is enqueued
+    }
+    if name not in samplers:
+        raise ConfigError(f"unknown search.sampler '{name}': choose one of {sorted(samplers)}")
+    return samplers[name]()
+
+
+class OptunaSearcher:
+    def __init__(self, study: optuna.Study):
+        self.study = study
+
+    def ask(self) -> optuna.Trial:
+        return self.study.ask()
+
+    def tell(self, trial, values, metrics) -> None:
+        if values is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(trial, values)
+
+
+def _coarse_to_fine(n: int) -> list[int]:
+    """0..n-1 ordered so that any prefix is spread over the range (ends first, then bisection)."""
+    order, seen = [], set()
+    for level in range(n.bit_length() + 1):
+        parts = 2 ** level
+        for k in range(parts + 1):
+            i = round(k * (n - 1) / parts) if n > 1 else 0
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+    return order
+
+
+class UniformGridSearcher(OptunaSearcher):
+    """Uniform ratio for every group; the next unused grid ratio at each ask."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace):
+        super().__init__(study)
+        self.space = space
+        r = space.dimensions[0].range
+        self.grid = [round(r.low + i * r.step, 10) for i in range(int(round((r.high - r.low) / r.step)) + 1)]
+
+    def ask(self) -> optuna.Trial:
+        used = {t.params.get(self.space.dimensions[0].param) for t in self.study.get_trials(deepcopy=False)}
+        fresh = [self.grid[i] for i in _coarse_to_fine(len(self.grid)) if self.grid[i] not in used]
+        ratio = fresh[0] if fresh else self.grid[-1]
+        self.study.enqueue_trial(self.space.encode(self.space.uniform(ratio)), skip_if_exists=False)
+        return self.study.ask()
+
+
+class NniSearcher(OptunaSearcher):
+    """An NNI tuner proposes; the Optuna study records (proposals are enqueued, results told to both)."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, tuner: str, seed: int, speedup_weight: float,
+                 baseline_latency_ms: float):
+        super().__init__(study)
+        if tuner not in NNI_TUNERS:
+            raise ConfigError(f"unknown search.nni.tuner '{tuner}': choose one of {list(NNI_TUNERS)}")
+        self.space, self.weight, self.baseline_ms = space, speedup_weight, baseline_latency_ms
+        self.tuner = _nni_tuner(tuner, seed)
+        nni_space = {d.param: {"_type": "quniform", "_value": [d.range.low, d.range.high, d.range.step]}
+                     for d in space.dimensions}
+        if len(space.importances) > 1:
+            nni_space["importance"] = {"_type": "choice", "_value": list(space.importances)}
+        self.tuner.update_search_space(nni_space)
+        history = [{"parameter": dict(t.params), "value": self.score(t.user_attrs)}
+                   for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+                   if "val_accuracy" in t.user_attrs]
+        if history:  # resume: the tuner learns from every earlier trial of the study
+            self.tuner.import_data(history)
+        self._ids: dict[int, tuple[int, dict]] = {}
+        self._next_id = len(study.trials)
+
+    def score(self, metrics: dict) -> float:
+        return float(metrics["val_accuracy"]) + self.weight * math.log2(self.baseline_ms / float(metrics["latency_ms"]))
+
+    def ask(self) -> optuna.Trial:
+        pid, self._next_id = self._next_id, self._next_id + 1
+        raw = _plain(self.tuner.generate_parameters(pid))
+        if pid in getattr(self.tuner, "total_data", {}):
+            # NNI 3.0's hyperopt-based tuners (anneal) compare stored numpy scalars with [] on
+            # receive_trial_result, which numpy 2 rejects; plain Python numbers avoid it.
+            self.tuner.total_data[pid] = _plain(self.tuner.total_data[pid])
+        params = {k: (v if k == "importance" else self._snap(k, float(v))) for k, v in raw.items()}
+        self.study.enqueue_trial(params, skip_if_exists=False)
+        trial = self.study.ask()
+        self._ids[trial.number] = (pid, raw)
+        return trial
+
+    def _snap(self, param: str, value: float) -> float:
+        return next(d.range.snap(value) for d in self.space.dimensions if d.param == param)
+
+    def tell(self, trial, values, metrics) -> None:
+        super().tell(trial, values, metrics)
+        pid, raw = self._ids.pop(trial.number)
+        if metrics is not None:
+            self.tuner.receive_trial_result(pid, raw, self.score(metrics))
+        else:
+            self.tuner.trial_end(pid, success=False)
+
+
+def _plain(value):
+    """numpy scalars -> Python numbers, recursively through dicts."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
+def _nni_tuner(name: str, seed: int):
+    try:
+        if name == "tpe":
+            from nni.algorithms.hpo.tpe_tuner import TpeTuner
+            return TpeTuner(optimize_mode="maximize", seed=seed)
+        if name == "random":
+            from nni.algorithms.hpo.random_tuner import RandomTuner
+            return RandomTuner(seed=seed)
+        if name == "evolution":
+            from nni.algorithms.hpo.evolution_tuner import EvolutionTuner
+            return EvolutionTuner(optimize_mode="maximize", population_size=8)
+        from nni.algorithms.hpo.hyperopt_tuner import HyperoptTuner
+        return HyperoptTuner("anneal", optimize_mode="maximize")
+    except ImportError as exc:
+        raise ConfigError(f"search.backend=nni needs NNI ({exc.name} is missing): pip install 'autoprune[nni]'") from None
