@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 from pathlib import Path
 
 import torch
@@ -59,7 +60,13 @@ class CandidateEvaluator:
     def example_input(self) -> torch.Tensor:
         return self.pruner.example_input
 
-    def evaluate(self, plan: PrunePlan, workdir: Path, on_epoch=None) -> TrialResult:
+    def evaluate(self, plan: PrunePlan, workdir: Path,
+                 monitor: Optional[Callable[[int, float, float], None]] = None) -> TrialResult:
+        """prune → export + measure → fine-tune → score → export the fine-tuned weights.
+
+        Latency is measured right after pruning: the graph is final then (fine-tuning changes weight
+        values only, which dense kernels do not care about), so `monitor(epoch, val_accuracy,
+        latency_ms)`, called after each fine-tuning epoch, can stop a hopeless candidate by raising."""
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -69,20 +76,22 @@ class CandidateEvaluator:
             seconds[stage] = now - clock
             clock = now
 
+        workdir = Path(workdir)
         model = copy.deepcopy(self.baseline)
         torch.manual_seed(self.recover.seed)
         self.pruner.apply(model, plan)
+        macs, params = tp.utils.count_ops_and_params(model, self.example_input)
         lap("prune")
+        latency = self.backend.measure(export_model(model, self.example_input, workdir), self.profile)
+        lap("measure")
+        on_epoch = None
+        if monitor is not None:
+            on_epoch = lambda epoch, m: monitor(epoch, evaluate(m, self.data.val), latency.median_ms)  # noqa: E731
         train(model, self.data.train, self.recover, on_epoch=on_epoch)
         lap("finetune")
         val_accuracy = evaluate(model, self.data.val)
-        macs, params = tp.utils.count_ops_and_params(model, self.example_input)
         lap("score")
-        workdir = Path(workdir)
-        exported = export_model(model, self.example_input, workdir)  # model.onnx and model.pt
-        onnx_path, model_path = exported.onnx_path, exported.torch_path
+        exported = export_model(model, self.example_input, workdir)  # the fine-tuned model.onnx and model.pt
         lap("export")
-        latency = self.backend.measure(exported, self.profile)
-        lap("measure")
-        return TrialResult(plan, val_accuracy, latency, int(macs), int(params), onnx_path.stat().st_size,
-                           onnx_path, model_path, seconds)
+        return TrialResult(plan, val_accuracy, latency, int(macs), int(params), exported.onnx_path.stat().st_size,
+                           exported.onnx_path, exported.torch_path, seconds)

@@ -91,11 +91,11 @@ def test_failing_trial_is_recorded_and_search_goes_on(make_cfg, tmp_path, monkey
 
     original, calls = CandidateEvaluator.evaluate, []
 
-    def flaky(self, plan, workdir, on_epoch=None):  # the second trial's export blows up
+    def flaky(self, plan, workdir, monitor=None):  # the second trial's export blows up
         calls.append(plan)
         if len(calls) == 2:
             raise RuntimeError("injected export failure")
-        return original(self, plan, workdir, on_epoch)
+        return original(self, plan, workdir, monitor)
 
     monkeypatch.setattr(CandidateEvaluator, "evaluate", flaky)
     outcome = run(make_cfg("search.n_trials=3"), tmp_path / "out")
@@ -139,3 +139,18 @@ def test_backends_objectives_and_constraints_end_to_end(make_cfg, tmp_path, over
         assert all(t.values[1] == t.user_attrs["macs"] for t in study.trials)
         assert {c.trial for c in outcome.report.front} <= {c.trial for c in outcome.report.trials if c.feasible}
         assert all(c.feasible == (c.params <= 3000) for c in outcome.report.trials)
+
+
+def test_early_stop_prunes_a_candidate_trailing_a_faster_one(make_cfg, tmp_path):
+    # trial 0 prunes 85 % everywhere (fast); trial 1 prunes nothing (slower); a margin of -1 makes
+    # "trails by more than -1" true whatever the accuracies -> trial 1 stops after its first epoch.
+    outcome = run(make_cfg("search.n_trials=2", "search.warm_start=[0.85,0.0]", "recover.epochs=2",
+                           "search.early_stop.enabled=true", "search.early_stop.margin=-1.0"), tmp_path / "out")
+    study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    first, second = study.trials
+    assert first.state == optuna.trial.TrialState.COMPLETE and len(first.user_attrs["val_curve"]) == 2
+    assert second.state == optuna.trial.TrialState.PRUNED
+    assert len(second.user_attrs["val_curve"]) == 1 and "trails trial #0" in second.user_attrs["stop_reason"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_ = client.get_run(second.user_attrs["mlflow_run_id"])
+    assert run_.data.tags["autoprune.state"] == "pruned"

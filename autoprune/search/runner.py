@@ -27,6 +27,7 @@ from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
 from autoprune.search.pareto import normalized_hypervolume
+from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
@@ -73,6 +74,8 @@ class Search:
         self.ctx: SearchContext = build_context(cfg)        # trains the baseline if not cached
         self.study_name = self.ctx.study_name
         self.study = open_study(storage, self.study_name, sampler, self.objectives.directions)
+        stop = cfg.search.early_stop
+        self.stopper = ParetoStopper(self.study, float(stop.margin), int(stop.min_epoch)) if stop.enabled else None
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -152,8 +155,10 @@ class Search:
             progress = (f"front {len(self.study.best_trials)} | hv {hv:.3f} | {_fmt_time(elapsed)} elapsed, "
                         f"ETA {_fmt_time(elapsed / (i + 1) * (n_trials - i - 1))}")
             if result is None:
-                reason = self.study.trials[trial.number].user_attrs.get("fail_reason")
-                log.info("trial %d/%d (#%d) FAILED: %s | %s", i + 1, n_trials, trial.number, reason, progress)
+                attrs = self.study.trials[trial.number].user_attrs
+                outcome = f"stopped early: {attrs['stop_reason']}" if "stop_reason" in attrs else \
+                    f"FAILED: {attrs.get('fail_reason')}"
+                log.info("trial %d/%d (#%d) %s | %s", i + 1, n_trials, trial.number, outcome, progress)
                 continue
             log.info("trial %d/%d (#%d) %.1fs | val %.2f%% | %.3f ms (%.2fx) | %s params | %s", i + 1, n_trials,
                      trial.number, time.perf_counter() - t0, 100 * result.val_accuracy, result.latency.median_ms,
@@ -168,8 +173,15 @@ class Search:
         self.tracker.log(run_id, params={f"ratio.{g.name}": plan.ratio(g.name) for g in self.ctx.groups} |
                          {"importance": plan.importance})
         workdir = self.output_dir / "trials" / f"{trial.number:04d}"
+        monitor = self.stopper.monitor(trial) if self.stopper else None
         try:
-            result = self.ctx.evaluator.evaluate(plan, workdir)
+            result = self.ctx.evaluator.evaluate(plan, workdir, monitor)
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("stop_reason", str(exc))
+            searcher.tell(trial, None, None, optuna.trial.TrialState.PRUNED)
+            self.tracker.log(run_id, tags={STATE: "pruned", "autoprune.stop_reason": str(exc)})
+            self.tracker.end(run_id, "FINISHED")
+            return None
         except (Exception, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = "interrupted" if interrupted else _one_line(exc)

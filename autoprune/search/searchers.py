@@ -26,7 +26,10 @@ NNI_TUNERS = ("tpe", "evolution", "anneal", "random")
 
 class Searcher(Protocol):
     def ask(self) -> optuna.Trial: ...
-    def tell(self, trial: optuna.Trial, values: list[float] | None, metrics: dict | None) -> None: ...
+
+    def tell(self, trial: optuna.Trial, values: list[float] | None, metrics: dict | None,
+             state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE) -> None:
+        """values/metrics are None for a trial that failed (or, with state=PRUNED, was stopped)."""
 
 
 def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.samplers.BaseSampler:
@@ -51,9 +54,10 @@ class OptunaSearcher:
     def ask(self) -> optuna.Trial:
         return self.study.ask()
 
-    def tell(self, trial, values, metrics) -> None:
+    def tell(self, trial, values, metrics, state=optuna.trial.TrialState.COMPLETE) -> None:
         if values is None:
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            pruned = state == optuna.trial.TrialState.PRUNED
+            self.study.tell(trial, state=state if pruned else optuna.trial.TrialState.FAIL)
         else:
             self.study.tell(trial, values)
 
@@ -130,8 +134,8 @@ class NniSearcher(OptunaSearcher):
     def _snap(self, param: str, value: float) -> float:
         return next(d.range.snap(value) for d in self.space.dimensions if d.param == param)
 
-    def tell(self, trial, values, metrics) -> None:
-        super().tell(trial, values, metrics)
+    def tell(self, trial, values, metrics, state=optuna.trial.TrialState.COMPLETE) -> None:
+        super().tell(trial, values, metrics, state)
         pid, raw = self._ids.pop(trial.number)
         if metrics is not None:
             self.tuner.receive_trial_result(pid, raw, self.score(metrics))
