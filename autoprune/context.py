@@ -54,7 +54,7 @@ def build_context(cfg: DictConfig) -> SearchContext:
     backend = get_backend(profile, cache_dir=Path(cfg.cache_dir))
     task = build_task(cfg.task)
     baseline, origin = load_baseline(task, Path(cfg.cache_dir))
-    example = torch.randn(profile.batch_size, *task.data.sample_shape())
+    example = task.data.example_batch(profile.batch_size)
     try:
         with torch.no_grad():
             baseline(example)

@@ -48,7 +48,7 @@ def _indices(dataset) -> list[int]:
 def test_cifar_loads_normalised_images_and_a_fixed_split(cifar_root):
     splits = cifar10.load(cifar_root, val_fraction=0.25, seed=0)  # finds root/cifar-10-batches-py
     assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 5, N_TEST)
-    assert splits.sample_shape() == (3, 32, 32) and splits.train[0][0].dtype == torch.float32
+    assert splits.example_batch(1).shape == (1, 3, 32, 32) and splits.train[0][0].dtype == torch.float32
     assert sorted(_indices(splits.train) + _indices(splits.val)) == list(range(20))  # a partition of all 20
     assert _indices(splits.test) == list(range(100, 106))
     # exact normalisation of one pixel: green channel, row 2, column 5 of the first test image
@@ -100,7 +100,7 @@ def test_mnist1d_splits_are_deterministic_and_stratified():
     a = mnist1d_data.load(num_samples=500, seed=0)
     assert np.array_equal(np.random.get_state()[1], np_before) and random.getstate() == py_before  # no side effects
     assert (len(a.train), len(a.val), len(a.test)) == (300, 100, 100)
-    assert a.sample_shape() == (1, 40) and a.train[0][0].dtype == torch.float32
+    assert a.example_batch(1).shape == (1, 1, 40) and a.train[0][0].dtype == torch.float32
     assert torch.bincount(a.test.tensors[1], minlength=10).tolist() == [10] * 10
     b = mnist1d_data.load(num_samples=500, seed=0)
     for split in ("train", "val", "test"):
@@ -138,6 +138,6 @@ def test_cifar_task_config_without_data_raises_the_loaders_config_error(tmp_path
 
 def test_mnist1d_task_config_builds():
     task = _task("task=mnist1d", "task.data.num_samples=200")
-    assert task.name == "mnist1d" and task.data.sample_shape() == (1, 40)
+    assert task.name == "mnist1d" and task.data.example_batch(1).shape == (1, 1, 40)
     x, _ = task.data.train[0]
     assert task.make_model().eval()(x.unsqueeze(0)).shape == (1, 10)

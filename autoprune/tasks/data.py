@@ -30,8 +30,10 @@ class DataSplits:
         raise ConfigError(f"data factory {factory} returned {type(value).__name__}: "
                           "return autoprune.DataSplits(train, val, test) or a (train, val, test) tuple")
 
-    def sample_shape(self) -> tuple[int, ...]:
-        x, _ = self.train[0]
-        if not isinstance(x, torch.Tensor):
+    def example_batch(self, batch_size: int) -> torch.Tensor:
+        """The first `batch_size` training inputs stacked: real data with the right shape and dtype
+        (float images, int64 token ids...), used for tracing, export and timing."""
+        items = [self.train[i % len(self.train)][0] for i in range(batch_size)]
+        if not all(isinstance(x, torch.Tensor) for x in items):
             raise ConfigError("data items must be (tensor, label) pairs: convert inputs with torch.as_tensor")
-        return tuple(x.shape)
+        return torch.stack(items)
