@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def load_baseline(task: Task, cache_dir: Path) -> tuple[nn.Module, str]:
     train(model, task.data.train, task.train,
           on_epoch=lambda e, _: log.info("baseline epoch %d/%d", e + 1, task.train.epochs))
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # workers may train the same baseline at once
     torch.save(model.state_dict(), tmp)
     tmp.replace(cached)  # atomic: a crash never leaves a half-written cache entry
     return model.eval(), f"trained, cached in {cached}"

@@ -6,6 +6,7 @@ candidate → Optuna tell → MLflow) → Pareto set → test-split evaluation �
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -31,6 +32,7 @@ from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
+from autoprune.search.workers import Heartbeat, StaleTrialHandler, claim
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER
 
@@ -69,11 +71,14 @@ class Search:
             raise ConfigError(f"unknown search.backend '{cfg.search.backend}': choose optuna or nni")
         self.objectives = Objectives.from_config(cfg.search.objectives, cfg.search.constraints)
         sampler = make_sampler(cfg.search.sampler, int(cfg.seed), int(cfg.search.population_size))
-        storage = open_storage(cfg.search.storage)
+        self.stale = StaleTrialHandler(int(cfg.search.max_retry))
+        self.storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, self.stale)
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+        self.stale.on_stale = self._close_stale_run
         self.ctx: SearchContext = build_context(cfg)        # trains the baseline if not cached
         self.study_name = self.ctx.study_name
-        self.study = open_study(storage, self.study_name, sampler, self.objectives.directions)
+        self.study = open_study(self.storage, self.study_name, sampler, self.objectives.directions)
+        self.heartbeat = Heartbeat(self.storage, float(cfg.search.heartbeat_s or 0))
         stop = cfg.search.early_stop
         self.stopper = ParetoStopper(self.study, float(stop.margin), int(stop.min_epoch)) if stop.enabled else None
 
@@ -89,7 +94,9 @@ class Search:
                   "n_trials": cfg.search.n_trials, "backend": cfg.search.backend, "sampler": cfg.search.sampler,
                   "objectives": ",".join(self.objectives.names), "storage": cfg.search.storage,
                   "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances), "output_dir": str(self.output_dir)}
-        parent = self.tracker.start_search(f"search-{self.study_name}", self.study_name, params)
+        group = cfg.search.run_name
+        parent = self.tracker.start_search(f"search-{group or self.study_name}", self.study_name, params,
+                                           group=group)
         earlier = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
         log.info("study %s (%d earlier trials) | %d prunable groups | hw %s | MLflow run %s",
                  self.study_name, earlier, len(ctx.groups), ctx.profile.name, parent)
@@ -137,14 +144,32 @@ class Search:
             return UniformGridSearcher(self.study, self.ctx.space)
         return OptunaSearcher(self.study)
 
+    def _close_stale_run(self, trial: optuna.trial.FrozenTrial) -> None:
+        """A trial whose worker died: its MLflow run must not stay RUNNING forever."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.tracker.log(run_id, tags={STATE: "failed", "autoprune.fail_reason": "worker lost (no heartbeat)"})
+            self.tracker.end(run_id, "KILLED")
+
+    def _next_trial(self, searcher: Searcher, i: int, n_trials: int) -> optuna.Trial | None:
+        if self.cfg.search.heartbeat_s:
+            optuna.storages.fail_stale_trials(self.study)
+        group = self.cfg.search.run_name
+        if group:  # the run group's budget is shared by all its workers
+            return claim(self.study, self.cfg.search.storage, str(group), n_trials, searcher.ask)
+        return searcher.ask() if i < n_trials else None
+
     def _trials(self, baseline: dict, searcher: Searcher) -> None:
         n_trials, started = int(self.cfg.search.n_trials), time.perf_counter()
         max_drop = float(self.cfg.search.hv_max_drop)
-        for i in range(n_trials):
-            trial = searcher.ask()
+        for i in itertools.count():
+            trial = self._next_trial(searcher, i, n_trials)
+            if trial is None:
+                break
             plan = self.ctx.space.suggest(trial)
             t0 = time.perf_counter()
-            result = self._one_trial(trial, plan, searcher)
+            with self.heartbeat.beating(trial):
+                result = self._one_trial(trial, plan, searcher)
             complete = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
             feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
             hv = normalized_hypervolume([(t.user_attrs["val_accuracy"], t.user_attrs["latency_ms"]) for t in feasible],
@@ -153,7 +178,7 @@ class Search:
                              step=trial.number)
             elapsed = time.perf_counter() - started
             progress = (f"front {len(self.study.best_trials)} | hv {hv:.3f} | {_fmt_time(elapsed)} elapsed, "
-                        f"ETA {_fmt_time(elapsed / (i + 1) * (n_trials - i - 1))}")
+                        f"ETA {_fmt_time(elapsed / (i + 1) * max(0, n_trials - i - 1))}")
             if result is None:
                 attrs = self.study.trials[trial.number].user_attrs
                 outcome = f"stopped early: {attrs['stop_reason']}" if "stop_reason" in attrs else \

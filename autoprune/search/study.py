@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Optional
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -19,10 +20,15 @@ def _check_storage(url: str) -> str:
     return url
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Connect to the Optuna storage (creating its tables); fails fast with a one-line reason."""
+def open_storage(url: str, heartbeat_s: Optional[int] = None,
+                 on_stale: Optional[Callable] = None) -> optuna.storages.BaseStorage:
+    """Connect to the Optuna storage (creating its tables); fails fast with a one-line reason.
+    With `heartbeat_s`, running trials silent for 4 heartbeats are failed and passed to `on_stale`."""
     url = _check_storage(url)
     try:
+        if heartbeat_s:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=int(heartbeat_s),
+                                              grace_period=4 * int(heartbeat_s), failed_trial_callback=on_stale)
         return optuna.storages.get_storage(url)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

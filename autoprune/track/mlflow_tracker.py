@@ -26,6 +26,7 @@ TRIAL_NUMBER = "autoprune.trial_number"
 STATE = "autoprune.state"
 PARETO = "autoprune.pareto"
 PARENT = "mlflow.parentRunId"
+GROUP = "autoprune.run_group"
 ONNX_MODEL_ID = "autoprune.onnx_model_id"
 TORCH_MODEL_ID = "autoprune.pytorch_model_id"
 
@@ -45,11 +46,30 @@ class Tracker:
         self.parent_id: Optional[str] = None
 
     # -- runs ---------------------------------------------------------------------------------
-    def start_search(self, name: str, study: str, params: dict) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", STUDY: study})
+    def start_search(self, name: str, study: str, params: dict, group: Optional[str] = None) -> str:
+        """The parent run of this invocation; workers of one run group share the group's first one."""
+        tags = {ROLE: "search", STUDY: study, **({GROUP: group} if group else {})}
+        if group:
+            shared = self._group_runs(study, group)
+            if shared:
+                self.parent_id = shared[0].info.run_id
+                return self.parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
+        if group:  # two workers may have created one at the same moment: the earliest wins
+            winner = self._group_runs(study, group)[0].info.run_id
+            if winner != self.parent_id:
+                self.client.delete_run(self.parent_id)
+                self.parent_id = winner
+                return winner
         self.log(self.parent_id, params=params)
         return self.parent_id
+
+    def _group_runs(self, study: str, group: str) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'search' and tags.`{STUDY}` = '{study}' "
+                                                f"and tags.`{GROUP}` = '{group}'",
+            order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1000)
 
     def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
         tags = {ROLE: role, PARENT: self.parent_id, **(tags or {})}

@@ -1,0 +1,120 @@
+"""Many workers on one study: PostgreSQL at 127.0.0.1:5432 (trust auth), real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST
+
+pytestmark = pytest.mark.slow
+PG = "postgresql://postgres@127.0.0.1:5432"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pg_available() -> bool:
+    try:
+        engine = sqlalchemy.create_engine(f"{PG}/test", poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def databases():
+    """Two fresh PostgreSQL databases (Optuna, MLflow), dropped afterwards."""
+    if not _pg_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    names = [f"autoprune_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+    admin = sqlalchemy.create_engine(f"{PG}/test", isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    yield [f"{PG}/{name}" for name in names]
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def _command(tmp_path, optuna_url, mlflow_url, *extra):
+    return [sys.executable, "-m", "autoprune", *FAST, f"search.storage={optuna_url}", f"tracking.uri={mlflow_url}",
+            f"cache_dir={tmp_path / 'cache'}", "search.study_name=workers", *extra]
+
+
+def test_four_workers_share_one_budget_and_one_parent_run(tmp_path, databases):
+    optuna_url, mlflow_url = databases
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    # train and cache the baseline once, so the workers start together
+    warm = subprocess.run(_command(tmp_path, optuna_url, mlflow_url, "search.n_trials=0"), cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    workers = [subprocess.Popen(_command(tmp_path, optuna_url, mlflow_url, "search.run_name=grp", "search.n_trials=10",
+                                         "search.warm_start=[]", f"hydra.run.dir={tmp_path / f'w{i}'}"),
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+               for i in range(4)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+
+    study = optuna.load_study(study_name="workers", storage=optuna_url)
+    group = [t for t in study.trials if t.user_attrs.get("run_group") == "grp"]
+    assert len(group) == 10 and all(t.state == optuna.trial.TrialState.COMPLETE for t in group)
+    assert len({t.number for t in group}) == 10
+    per_worker = [sum("trial " in line and " (#" in line for line in out.splitlines()) for out, _ in outputs]
+    assert sum(per_worker) == 10 and sum(n > 0 for n in per_worker) >= 2, per_worker
+
+    client = MlflowClient(mlflow_url)
+    exp = client.get_experiment_by_name("autoprune")
+    parents = client.search_runs([exp.experiment_id], "tags.`autoprune.run_group` = 'grp'")
+    assert len(parents) == 1
+    trials = client.search_runs([exp.experiment_id], "tags.`autoprune.role` = 'trial'", max_results=100)
+    assert len(trials) == 10 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}
+    assert sorted(int(t.data.tags["autoprune.trial_number"]) for t in trials) == sorted(t.number for t in group)
+    assert all(t.data.tags["autoprune.state"] == "complete" for t in trials)
+
+
+def test_stale_trial_of_a_dead_worker_is_failed_closed_and_retried(tmp_path, databases):
+    """A worker killed mid-trial leaves a RUNNING trial; the next worker fails it (heartbeat lost),
+    closes its MLflow run and retries it, and the group still ends with its full budget."""
+    import signal
+    import time
+
+    optuna_url, mlflow_url = databases
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    args = ["search.run_name=crash", "search.n_trials=3", "search.warm_start=[]", "search.heartbeat_s=1",
+            "recover.epochs=30"]
+    victim = subprocess.Popen(_command(tmp_path, optuna_url, mlflow_url, *args, f"hydra.run.dir={tmp_path / 'v'}"),
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(1)
+        try:
+            study = optuna.load_study(study_name="workers", storage=optuna_url)
+        except KeyError:
+            continue
+        if any(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in study.trials):
+            break
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    time.sleep(5)  # > 4 heartbeats
+    survivor = subprocess.run(_command(tmp_path, optuna_url, mlflow_url, *args[:-1], "recover.epochs=1",
+                                       f"hydra.run.dir={tmp_path / 's'}"),
+                              cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert survivor.returncode == 0, survivor.stderr[-3000:]
+    study = optuna.load_study(study_name="workers", storage=optuna_url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    killed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(killed) == 1 and "fail_reason" not in killed[0].user_attrs
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].params == killed[0].params
+    run = MlflowClient(mlflow_url).get_run(killed[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and "no heartbeat" in run.data.tags["autoprune.fail_reason"]
