@@ -224,12 +224,14 @@ class Search:
         for name, value in self.objectives.violations(metrics).items():
             trial.set_constraint(name, value)
         searcher.tell(trial, self.objectives.values(metrics), metrics)
+        logging_started = time.perf_counter()
         (workdir / "plan.json").write_text(plan.to_json())
         (workdir / "latency.json").write_text(json.dumps(result.latency.to_dict(), indent=2))
         self.tracker.log(run_id, metrics=metrics | {f"seconds_{k}": v for k, v in result.seconds.items()},
                          tags={STATE: "complete"})
         self.tracker.log_artifacts(run_id, [workdir / "plan.json", workdir / "latency.json",
                                             result.onnx_path, result.model_path])
+        self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - logging_started})
         self.tracker.end(run_id)
         return result
 

@@ -1,0 +1,36 @@
+"""Smoke tests: the benchmark scripts stay runnable (tiny budgets; numbers are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_search_quality_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), "--trials", "2", "--seeds", "0",
+         "--methods", "uniform", "flops", "--workdir", str(tmp_path), "--override", *FAST],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("uniform ") for line in lines) and any(line.startswith("flops ") for line in lines)
+
+
+@pytest.mark.slow
+def test_throughput_script_runs(tmp_path):
+    from test_workers import _pg_available
+
+    if not _pg_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--trials", "2", "--override", *FAST],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "speed-up of 2 workers" in result.stdout and "export + measure" in result.stdout
