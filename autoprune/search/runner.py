@@ -6,6 +6,7 @@ candidate → Optuna tell → MLflow) → Pareto set → test-split evaluation �
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -32,7 +33,7 @@ from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
-from autoprune.search.workers import Heartbeat, StaleTrialHandler, claim
+from autoprune.search.workers import Heartbeat, StaleTrialHandler, claim, study_lock
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER
 
@@ -85,15 +86,17 @@ class Search:
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
         cfg, ctx = self.cfg, self.ctx
-        if not self.study.trials:
-            for ratio in cfg.search.warm_start:
-                self.study.enqueue_trial(ctx.space.encode(ctx.space.uniform(float(ratio))))
+        with study_lock(cfg.search.storage, self.study_name) if cfg.search.run_name else contextlib.nullcontext():
+            if not self.study.trials:  # workers of a run group enqueue the warm start once
+                for ratio in cfg.search.warm_start:
+                    self.study.enqueue_trial(ctx.space.encode(ctx.space.uniform(float(ratio))))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
         self.study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
         params = {"task": cfg.task.name, "hw": ctx.profile.name, "hw_digest": ctx.profile.digest(),
                   "n_trials": cfg.search.n_trials, "backend": cfg.search.backend, "sampler": cfg.search.sampler,
                   "objectives": ",".join(self.objectives.names), "storage": cfg.search.storage,
-                  "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances), "output_dir": str(self.output_dir)}
+                  "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances),
+                  "output_dir": str(self.output_dir)}
         group = cfg.search.run_name
         parent = self.tracker.start_search(f"search-{group or self.study_name}", self.study_name, params,
                                            group=group)
