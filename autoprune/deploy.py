@@ -14,6 +14,7 @@ If no model fits the budget, the fastest one runs (and `model.within_budget` is 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import onnxruntime as ort
 from autoprune.errors import ConfigError
 from autoprune.report.collect import ReportData
 from autoprune.track import Tracker
+
+log = logging.getLogger("autoprune")
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,12 @@ def write_bundle(data: ReportData, tracker: Tracker, out_dir: Path) -> Path:
     for c in data.front:
         target = out_dir / "models" / f"trial-{c.trial:04d}.onnx"
         if not target.exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                Path(tracker.download(c.run_id, "model.onnx", Path(tmp))).replace(target)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    Path(tracker.download(c.run_id, "model.onnx", Path(tmp))).replace(target)
+            except Exception as exc:  # its MLflow run holds no model (logging failed): leave it out
+                log.warning("bundle: %s left out, its ONNX is not in MLflow (%s)", c.label, type(exc).__name__)
+                continue
         models.append(BundledModel(c.label, str(target.relative_to(out_dir)), c.val_accuracy, c.latency_ms))
     index = out_dir / "bundle.json"
     index.write_text(json.dumps({"study": data.study_name, "profile": data.fingerprint,

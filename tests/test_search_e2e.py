@@ -154,3 +154,52 @@ def test_early_stop_prunes_a_candidate_trailing_a_faster_one(make_cfg, tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_ = client.get_run(second.user_attrs["mlflow_run_id"])
     assert run_.data.tags["autoprune.state"] == "pruned"
+
+
+def test_trial_timeout_and_flaky_mlflow_do_not_stop_the_search(make_cfg, tmp_path, monkeypatch):
+    """Faults: a trial past search.trial_timeout_s fails with its reason; MLflow failing twice in a row
+    is retried; MLflow failing for good on one trial's artifacts leaves the trial complete in Optuna."""
+    import time as _time
+
+    from autoprune.candidate import CandidateEvaluator
+    from autoprune.track import mlflow_tracker
+
+    monkeypatch.setattr(mlflow_tracker, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    original_eval, original_log_batch, original_artifact = (
+        CandidateEvaluator.evaluate, mlflow_tracker.MlflowClient.log_batch, mlflow_tracker.MlflowClient.log_artifact)
+    state = {"evals": 0, "batches": 0, "artifacts": 0}
+
+    def slow_second(self, plan, workdir, monitor=None):
+        state["evals"] += 1
+        if state["evals"] == 2:
+            _time.sleep(30)  # hangs (interruptible): cut off by the 2 s limit
+        return original_eval(self, plan, workdir, monitor)
+
+    def flaky_batch(self, *args, **kwargs):
+        state["batches"] += 1
+        if state["batches"] in (3, 4):  # two transient failures in a row
+            raise ConnectionError("tracking server hiccup")
+        return original_log_batch(self, *args, **kwargs)
+
+    def broken_artifacts_of_third_trial(self, run_id, local_path, artifact_path=None):
+        if "0002" in str(local_path):
+            raise ConnectionError("artifact store down")
+        return original_artifact(self, run_id, local_path, artifact_path)
+
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", slow_second)
+    monkeypatch.setattr(mlflow_tracker.MlflowClient, "log_batch", flaky_batch)
+    monkeypatch.setattr(mlflow_tracker.MlflowClient, "log_artifact", broken_artifacts_of_third_trial)
+    outcome = run(make_cfg("search.n_trials=3", "search.trial_timeout_s=2", "search.warm_start=[0.5,0.25,0.75]"),
+                  tmp_path / "out")
+    study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "trial_timeout_s=2" in study.trials[1].user_attrs["fail_reason"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(study.trials[1].user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    third = client.get_run(study.trials[2].user_attrs["mlflow_run_id"])
+    assert third.info.status == "FINISHED" and "autoprune.logging_error" in third.data.tags  # closed, flagged ...
+    assert "model.onnx" not in {a.path for a in client.list_artifacts(third.info.run_id)}
+    assert study.trials[2].values is not None                                             # ... Optuna has it
+    first = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])                    # retried: all there
+    assert first.data.tags["autoprune.state"] == "complete" and "latency_ms" in first.data.metrics

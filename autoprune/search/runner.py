@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -29,13 +30,14 @@ from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
 from autoprune.search.pareto import normalized_hypervolume
+from autoprune.search.deadline import deadline
 from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
 from autoprune.search.workers import Heartbeat, StaleTrialHandler, claim, study_lock
 from autoprune.track import Tracker
-from autoprune.track.mlflow_tracker import ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER
+from autoprune.track.mlflow_tracker import ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER, TrackingError
 
 log = logging.getLogger("autoprune")
 
@@ -151,8 +153,7 @@ class Search:
         """A trial whose worker died: its MLflow run must not stay RUNNING forever."""
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            self.tracker.log(run_id, tags={STATE: "failed", "autoprune.fail_reason": "worker lost (no heartbeat)"})
-            self.tracker.end(run_id, "KILLED")
+            self._close_run(run_id, "KILLED", {STATE: "failed", "autoprune.fail_reason": "worker lost (no heartbeat)"})
 
     def _next_trial(self, searcher: Searcher, i: int, n_trials: int) -> optuna.Trial | None:
         if self.cfg.search.heartbeat_s:
@@ -192,31 +193,41 @@ class Search:
                      trial.number, time.perf_counter() - t0, 100 * result.val_accuracy, result.latency.median_ms,
                      baseline["latency_ms"] / result.latency.median_ms, f"{result.params:,}", progress)
 
+    def _mlflow(self, what: str, call: Callable[[], Any]) -> Any:
+        """MLflow trouble (after the tracker's retries) never stops a search: Optuna is the record."""
+        try:
+            return call()
+        except TrackingError as exc:
+            log.warning("MLflow: %s failed (%s); the search goes on, Optuna keeps the result", what, exc)
+            return None
+
     def _one_trial(self, trial: optuna.Trial, plan: PrunePlan, searcher: Searcher) -> TrialResult | None:
-        """Evaluate one plan; a trial that raises is recorded as failed and the search goes on."""
-        run_id = self.tracker.start_child(f"trial-{trial.number}", "trial", {
-            STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"})
-        trial.set_user_attr("mlflow_run_id", run_id)
+        """Evaluate one plan. A trial that raises or runs past search.trial_timeout_s is told failed
+        with its reason (a stopped one: pruned) and the search goes on."""
         trial.set_user_attr("plan", plan.to_dict())
-        self.tracker.log(run_id, params={f"ratio.{g.name}": plan.ratio(g.name) for g in self.ctx.groups} |
-                         {"importance": plan.importance})
+        run_id = self._mlflow("start of a trial run", lambda: self.tracker.start_child(
+            f"trial-{trial.number}", "trial", {STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"}))
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
+            self._mlflow("trial params", lambda: self.tracker.log(run_id, params={
+                f"ratio.{g.name}": plan.ratio(g.name) for g in self.ctx.groups} | {"importance": plan.importance}))
         workdir = self.output_dir / "trials" / f"{trial.number:04d}"
         monitor = self.stopper.monitor(trial) if self.stopper else None
         try:
-            result = self.ctx.evaluator.evaluate(plan, workdir, monitor)
+            with deadline(self.cfg.search.trial_timeout_s):
+                result = self.ctx.evaluator.evaluate(plan, workdir, monitor)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("stop_reason", str(exc))
             searcher.tell(trial, None, None, optuna.trial.TrialState.PRUNED)
-            self.tracker.log(run_id, tags={STATE: "pruned", "autoprune.stop_reason": str(exc)})
-            self.tracker.end(run_id, "FINISHED")
+            self._close_run(run_id, "FINISHED", {STATE: "pruned", "autoprune.stop_reason": str(exc)})
             return None
         except (Exception, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = "interrupted" if interrupted else _one_line(exc)
             trial.set_user_attr("fail_reason", reason)
             searcher.tell(trial, None, None)
-            self.tracker.log(run_id, tags={STATE: "failed", "autoprune.fail_reason": reason})
-            self.tracker.end(run_id, "KILLED" if interrupted else "FAILED")
+            self._close_run(run_id, "KILLED" if interrupted else "FAILED",
+                            {STATE: "failed", "autoprune.fail_reason": reason})
             if interrupted:
                 raise
             return None
@@ -227,16 +238,40 @@ class Search:
         for name, value in self.objectives.violations(metrics).items():
             trial.set_constraint(name, value)
         searcher.tell(trial, self.objectives.values(metrics), metrics)
-        logging_started = time.perf_counter()
         (workdir / "plan.json").write_text(plan.to_json())
         (workdir / "latency.json").write_text(json.dumps(result.latency.to_dict(), indent=2))
+        if run_id and not self._mlflow("trial results", lambda: self._log_trial(run_id, result, metrics, workdir)):
+            self._close_run(run_id, "FINISHED", {"autoprune.logging_error": "results or artifacts incomplete"})
+        return result
+
+    def _log_trial(self, run_id: str, result: TrialResult, metrics: dict, workdir: Path) -> bool:
+        started = time.perf_counter()
         self.tracker.log(run_id, metrics=metrics | {f"seconds_{k}": v for k, v in result.seconds.items()},
                          tags={STATE: "complete"})
         self.tracker.log_artifacts(run_id, [workdir / "plan.json", workdir / "latency.json",
                                             result.onnx_path, result.model_path])
-        self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - logging_started})
+        self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - started})
         self.tracker.end(run_id)
-        return result
+        return True
+
+    def _close_run(self, run_id: str | None, status: str, tags: dict) -> None:
+        if run_id:
+            self._mlflow("closing a trial run", lambda: (self.tracker.log(run_id, tags=tags),
+                                                         self.tracker.end(run_id, status)))
+
+    def _finish_pareto_model(self, run) -> None:
+        """Test accuracy (evaluated once) and MLflow models (logged once) of a Pareto trial's run."""
+        run_id = run.info.run_id
+        if "test_accuracy" in run.data.metrics and ONNX_MODEL_ID in run.data.tags:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
+            torch_file = self.tracker.download(run_id, "model.pt", Path(tmp))
+            if "test_accuracy" not in run.data.metrics:
+                model = torch.load(torch_file, map_location="cpu", weights_only=False)
+                self.tracker.log(run_id, metrics={"test_accuracy": evaluate(model, self.ctx.task.data.test)})
+            if ONNX_MODEL_ID not in run.data.tags:
+                self.tracker.log_models(run_id, onnx_file, torch_file)
 
     def _finish(self) -> SearchOutcome:
         """Pareto models: test accuracy (once), MLflow models, pareto tags; then the report."""
@@ -245,17 +280,12 @@ class Search:
             number, run_id = int(run.data.tags[TRIAL_NUMBER]), run.info.run_id
             on_front = number in front
             self.tracker.log(run_id, tags={PARETO: str(on_front).lower()})
-            if not on_front or run.info.status != "FINISHED":
+            if not on_front or run.info.status != "FINISHED" or "autoprune.logging_error" in run.data.tags:
                 continue
-            with tempfile.TemporaryDirectory() as tmp:
-                if "test_accuracy" not in run.data.metrics or ONNX_MODEL_ID not in run.data.tags:
-                    onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
-                    torch_file = self.tracker.download(run_id, "model.pt", Path(tmp))
-                if "test_accuracy" not in run.data.metrics:
-                    model = torch.load(torch_file, map_location="cpu", weights_only=False)
-                    self.tracker.log(run_id, metrics={"test_accuracy": evaluate(model, self.ctx.task.data.test)})
-                if ONNX_MODEL_ID not in run.data.tags:
-                    self.tracker.log_models(run_id, onnx_file, torch_file)
+            try:
+                self._finish_pareto_model(run)
+            except Exception as exc:  # MLflow trouble: the model keeps its Optuna record and report row
+                log.warning("Pareto model #%d: test accuracy / MLflow models skipped (%s)", number, _one_line(exc))
         data = collect(self.study, self.tracker, float(self.cfg.search.hv_max_drop))
         files = write_report(data, self.output_dir / "report")
         self.tracker.log_artifacts(self.tracker.parent_id, files, "report")

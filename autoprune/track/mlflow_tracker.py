@@ -16,9 +16,28 @@ from typing import Iterable, Optional
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from autoprune.errors import ConfigError
+from autoprune.errors import AutopruneError, ConfigError
 
 log = logging.getLogger(__name__)
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)   # a flaky tracking server gets three more chances per call
+
+
+class TrackingError(AutopruneError):
+    """MLflow kept failing for one call (after retries)."""
+
+
+def _retry(call, *args, **kwargs):
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # MLflow raises MlflowException, requests errors, sqlite errors...
+            if delay is None:
+                raise TrackingError(f"MLflow {getattr(call, '__name__', 'call')} failed: "
+                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                                    ) from exc
+            log.warning("MLflow %s failed (%s); retrying in %.1f s", getattr(call, "__name__", "call"),
+                        type(exc).__name__, delay)
+            time.sleep(delay)
 
 ROLE = "autoprune.role"
 STUDY = "autoprune.study"
@@ -54,7 +73,7 @@ class Tracker:
             if shared:
                 self.parent_id = shared[0].info.run_id
                 return self.parent_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
         if group:  # two workers may have created one at the same moment: the earliest wins
             winner = self._group_runs(study, group)[0].info.run_id
@@ -73,18 +92,18 @@ class Tracker:
 
     def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
         tags = {ROLE: role, PARENT: self.parent_id, **(tags or {})}
-        return self.client.create_run(self.experiment_id, run_name=name,
-                                      tags={k: str(v) for k, v in tags.items()}).info.run_id
+        return _retry(self.client.create_run, self.experiment_id, run_name=name,
+                      tags={k: str(v) for k, v in tags.items()}).info.run_id
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        _retry(self.client.set_terminated, run_id, status=status)
 
     # -- data ---------------------------------------------------------------------------------
     def log(self, run_id: str, params: Optional[dict] = None, metrics: Optional[dict] = None,
             tags: Optional[dict] = None, step: int = 0) -> None:
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id,
+        _retry(
+            self.client.log_batch, run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
             params=[Param(k, str(v)) for k, v in (params or {}).items()],
             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
@@ -92,7 +111,7 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: Optional[str] = None) -> None:
         for path in paths:
-            self.client.log_artifact(run_id, str(path), artifact_path)
+            _retry(self.client.log_artifact, run_id, str(path), artifact_path)
 
     def download(self, run_id: str, artifact: str, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
