@@ -34,3 +34,13 @@ def test_throughput_script_runs(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "speed-up of 2 workers" in result.stdout and "export + measure" in result.stdout
+
+
+def test_realized_speedup_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "realized_speedup.py"), "--hw", str(ROOT / "tests" / "data" /
+         "fast-cpu.yaml"), "--ratios", "0.5", "--models", "resnet_small", "cnn1d"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("resnet_small", "cnn1d"))]
+    assert len(rows) == 4 and all(0 < float(r[3]) < 1 for r in rows)   # MACs ratio of a 50 % prune
