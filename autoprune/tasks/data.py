@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset, TensorDataset
 
 from autoprune.errors import ConfigError
 
@@ -37,3 +39,15 @@ class DataSplits:
         if not all(isinstance(x, torch.Tensor) for x in items):
             raise ConfigError("data items must be (tensor, label) pairs: convert inputs with torch.as_tensor")
         return torch.stack(items)
+
+
+def stratified_splits(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float,
+                      seed: int) -> DataSplits:
+    """Fixed, class-stratified train / val / test splits of in-memory tensors (same seed, same splits)."""
+    labels = y.numpy()
+    index = np.arange(len(labels))
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_fraction / (1.0 - test_fraction), stratify=labels[rest],
+                                  random_state=seed)
+    part = lambda idx: TensorDataset(x[idx], y[idx])  # noqa: E731
+    return DataSplits(part(train), part(val), part(test))

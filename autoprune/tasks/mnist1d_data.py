@@ -11,11 +11,9 @@ import random
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torch.utils.data import TensorDataset
 
 from autoprune.errors import ConfigError
-from autoprune.tasks.data import DataSplits
+from autoprune.tasks.data import DataSplits, stratified_splits
 
 
 def _generate(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,10 +45,4 @@ def load(num_samples: int = 4000, seed: int = 0, val_fraction: float = 0.2, test
     xs, ys = _generate(int(num_samples), int(seed))
     x = torch.tensor(xs, dtype=torch.float32).unsqueeze(1)  # [N, 1, 40]
     y = torch.tensor(ys, dtype=torch.long)                  # [N]
-    index = np.arange(len(y))
-    rest, test = train_test_split(index, test_size=test_fraction, stratify=ys, random_state=seed)
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1.0 - test_fraction), stratify=ys[rest], random_state=seed
-    )
-    part = lambda idx: TensorDataset(x[idx], y[idx])  # noqa: E731
-    return DataSplits(part(train), part(val), part(test))
+    return stratified_splits(x, y, val_fraction, test_fraction, seed)
