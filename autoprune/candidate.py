@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Union
 from pathlib import Path
 
 import torch
@@ -15,7 +16,12 @@ import torch_pruning as tp
 from autoprune.hw import HardwareProfile, LatencyBackend, LatencyStats, export_model
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner
-from autoprune.recover import TrainConfig, evaluate, train
+from autoprune.prune.engine import MaskSet, PruningEngine, StructuralPruner
+from autoprune.prune.saliency import GradientStats, needs_gradients
+from autoprune.prune.schedule import ScheduleConfig
+from autoprune.prune.sparsity import model_encoding
+from autoprune.recover import RecoverConfig, TrainConfig, evaluate, finetune, make_penalty
+from autoprune.errors import ConfigError, PruningError
 from autoprune.tasks import DataSplits
 
 
@@ -32,6 +38,10 @@ class TrialResult:
     onnx_path: Path
     model_path: Path
     seconds: dict = field(default_factory=dict)   # wall time per stage
+    weight_sparsity: float = 0.0   # fraction of zeros over all conv / linear weights
+    sparse_bytes: int = 0          # parameters with each conv / linear weight in its best (dense/CSR/bitmask) encoding
+    dense_bytes: int = 0           # parameters stored dense
+    skipped: dict = field(default_factory=dict)   # layer -> why a mask pattern left it dense
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -42,56 +52,224 @@ class TrialResult:
             "macs": float(self.macs),
             "params": float(self.params),
             "onnx_bytes": float(self.onnx_bytes),
+            "weight_sparsity": float(self.weight_sparsity),
+            "sparse_bytes": float(self.sparse_bytes),
         }
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 @dataclass
 class CandidateEvaluator:
-    """Holds what every trial shares (baseline, data, pruner, profile, backend)."""
+    """Holds what every trial shares (baseline, data, pruner, recovery, schedule, profile, backend).
+
+    `pruner` may be a structural pruner (ChannelPruner / TransformerPruner) or a PruningEngine; either way
+    `self.pruner` ends up the structural pruner and `self.engine` the engine. `recover` may be a
+    TrainConfig (plain fine-tuning) or a RecoverConfig (with distillation and the regulariser phase)."""
 
     baseline: nn.Module
     data: DataSplits
-    pruner: ChannelPruner
-    recover: TrainConfig
+    pruner: Union[StructuralPruner, PruningEngine]
+    recover: Union[RecoverConfig, TrainConfig]
     profile: HardwareProfile
     backend: LatencyBackend
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        self.recover = RecoverConfig.coerce(self.recover)
+        if isinstance(self.pruner, PruningEngine):
+            self.engine = self.pruner
+            self.pruner = self.engine.structural
+        else:
+            self.engine = PruningEngine(self.pruner, self.data.train, batch_size=self.recover.train.batch_size,
+                                        seed=self.recover.seed)
+        if self.engine.data is None:
+            self.engine.data = self.data.train
+        self._start: Optional[nn.Module] = None
+        self._widths: Optional[dict[str, int]] = None
 
     @property
     def example_input(self) -> torch.Tensor:
         return self.pruner.example_input
 
+    # ------------------------------------------------------------------------------------ shared
+    def start_model(self) -> nn.Module:
+        """What every candidate is pruned from: the baseline, or (recover.regulariser) the baseline after the
+        sparsity-inducing phase, computed once per evaluator and reused by every trial."""
+        if self._start is None:
+            reg = self.recover.regulariser
+            if reg.active:
+                model = copy.deepcopy(self.baseline)
+                torch.manual_seed(self.recover.seed)
+                # group lasso acts on the rows that are the groups' channels: a transformer group's last
+                # member (attention.output.dense / output.dense) only loses input columns
+                layers = [name for g in self.engine.groups(model)
+                          for name in (g.members[:-1] if g.kind in ("heads", "ffn") else g.layers)]
+                finetune(model, self.data.train, self.recover.train, epochs=reg.epochs,
+                         penalty=make_penalty(reg.kind, reg.weight, layers))
+                self._start = model.eval()
+            else:
+                self._start = self.baseline
+        return self._start
+
+    def widths(self) -> dict[str, int]:
+        """Unpruned width of every group (what a schedule's ratios refer to)."""
+        if self._widths is None:
+            self._widths = {g.name: g.channels for g in self.engine.groups(self.start_model())}
+        return self._widths
+
+    def _recover_kwargs(self) -> dict:
+        kd = self.recover.kd
+        if not kd.enabled:
+            return {}
+        return {"teacher": self.baseline, "kd_temperature": kd.temperature, "kd_alpha": kd.alpha}
+
+    # ------------------------------------------------------------------------------------ trial
     def evaluate(self, plan: PrunePlan, workdir: Path,
                  monitor: Optional[Callable[[int, float, float], None]] = None) -> TrialResult:
         """prune → export + measure → fine-tune → score → export the fine-tuned weights.
 
-        Latency is measured right after pruning: the graph is final then (fine-tuning changes weight
+        Latency is measured before fine-tuning: the graph is final then (fine-tuning changes weight
         values only, which dense kernels do not care about), so `monitor(epoch, val_accuracy,
-        latency_ms)`, called after each fine-tuning epoch, can stop a hopeless candidate by raising."""
+        latency_ms)`, called after each fine-tuning epoch, can stop a hopeless candidate by raising.
+        One-shot plans measure the pruned model itself; gradual schedules (iterative, agp, lth) measure
+        the final architecture, pruned one-shot from the same start, and check after recovery that the
+        recovered model has exactly its shapes. Mask patterns keep their masks through fine-tuning (the
+        exported model contains the zeros); dense runtimes time them like the unpruned model."""
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
 
         def lap(stage: str) -> None:
             nonlocal clock
             now = time.perf_counter()
-            seconds[stage] = now - clock
+            seconds[stage] = seconds.get(stage, 0.0) + now - clock
             clock = now
 
         workdir = Path(workdir)
-        model = copy.deepcopy(self.baseline)
+        start = self.start_model()
         torch.manual_seed(self.recover.seed)
-        self.pruner.apply(model, plan)
-        macs, params = tp.utils.count_ops_and_params(model, self.example_input)
-        lap("prune")
-        latency = self.backend.measure(export_model(model, self.example_input, workdir), self.profile)
-        lap("measure")
+        kind = self.schedule.kind
+        if kind == "oneshot":
+            model = copy.deepcopy(start)
+            pruned = self.engine.apply(model, plan)
+            masks, skipped, final_shapes = pruned.masks, pruned.skipped, None
+            lap("prune")
+            latency = self.backend.measure(export_model(model, self.example_input, workdir), self.profile)
+            lap("measure")
+        else:
+            twin = copy.deepcopy(start)
+            twin_plan = dataclasses.replace(plan, importance="l2") if needs_gradients(plan.importance) else plan
+            self.engine.apply(twin, twin_plan)
+            final_shapes = _shapes(twin)
+            lap("prune")
+            latency = self.backend.measure(export_model(twin, self.example_input, workdir), self.profile)
+            del twin
+            lap("measure")
+            torch.manual_seed(self.recover.seed)
         on_epoch = None
         if monitor is not None:
             on_epoch = lambda epoch, m: monitor(epoch, evaluate(m, self.data.val), latency.median_ms)  # noqa: E731
-        train(model, self.data.train, self.recover, on_epoch=on_epoch)
+        if kind == "oneshot":
+            finetune(model, self.data.train, self.recover.train, masks=masks, on_epoch=on_epoch,
+                     **self._recover_kwargs())
+        elif kind in ("iterative", "agp"):
+            model, masks, skipped = self._gradual(start, plan, on_epoch)
+        else:
+            model, masks, skipped = self._lottery(start, plan, on_epoch)
         lap("finetune")
+        if final_shapes is not None and _shapes(model) != final_shapes:
+            raise PruningError("the recovered model's architecture differs from the one measured before fine-tuning "
+                               f"(schedule {kind}): please report this plan: {plan.to_json()}")
         val_accuracy = evaluate(model, self.data.val)
+        macs, params = tp.utils.count_ops_and_params(model, self.example_input)
+        encoding = model_encoding(model)
         lap("score")
         exported = export_model(model, self.example_input, workdir)  # the fine-tuned model.onnx and model.pt
         lap("export")
         return TrialResult(plan, val_accuracy, latency, int(macs), int(params), exported.onnx_path.stat().st_size,
-                           exported.onnx_path, exported.torch_path, seconds)
+                           exported.onnx_path, exported.torch_path, seconds, encoding.weight_sparsity,
+                           encoding.sparse, encoding.dense, dict(skipped))
+
+    # ------------------------------------------------------------------------------ schedules
+    def _gradual(self, start: nn.Module, plan: PrunePlan, on_epoch) -> tuple[nn.Module, MaskSet, dict]:
+        """iterative / agp: prune events during fine-tuning (channels physically, masks recomputed)."""
+        model = copy.deepcopy(start)
+        train_cfg = self.recover.train
+        total = train_cfg.epochs * -(-len(self.data.train) // train_cfg.batch_size)
+        widths = self.widths()
+        masks, skipped = MaskSet(), {}
+        stats = GradientStats() if needs_gradients(plan.importance) else None
+
+        def event(fraction: float):
+            def fn(m: nn.Module) -> bool:
+                use = stats if stats is not None and len(stats) else None  # none yet: calibration batches
+                result = self.engine.apply(m, plan.scaled(fraction), stats=use, reference=widths)
+                masks.masks = result.masks.masks
+                skipped.update(result.skipped)
+                if stats is not None:
+                    stats.reset()
+                return any(result.removed.values())
+            return fn
+
+        events = [(step, event(fraction)) for step, fraction in self.schedule.points(total)]
+        finetune(model, self.data.train, train_cfg, masks=masks, on_epoch=on_epoch, events=events,
+                 grad_hook=stats.accumulate if stats is not None else None, **self._recover_kwargs())
+        return model, masks, skipped
+
+    def _lottery(self, start: nn.Module, plan: PrunePlan, on_epoch) -> tuple[nn.Module, MaskSet, dict]:
+        """lth: train → prune → rewind survivors to the early checkpoint → (repeat) → retrain."""
+        sched, train_cfg = self.schedule, self.recover.train
+        epochs = train_cfg.epochs if sched.train_epochs is None else sched.train_epochs
+        widths = self.widths()
+        stats = GradientStats() if needs_gradients(plan.importance) else None
+        hook = stats.accumulate if stats is not None else None
+        model = copy.deepcopy(start)
+        rewind = copy.deepcopy(start) if sched.rewind_epoch == 0 else None
+
+        def keep_checkpoint(epoch: int, m: nn.Module) -> None:
+            nonlocal rewind
+            if epoch + 1 == sched.rewind_epoch:
+                rewind = copy.deepcopy(m)
+
+        finetune(model, self.data.train, train_cfg, epochs=epochs, grad_hook=hook,
+                 on_epoch=keep_checkpoint if rewind is None else None, **self._recover_kwargs())
+        if rewind is None:  # rewind_epoch past the training run: the trained weights themselves
+            rewind = copy.deepcopy(model)
+        masks, skipped = MaskSet(), {}
+        for r in range(1, sched.rounds + 1):
+            result = self.engine.apply(model, plan.scaled(r / sched.rounds),
+                                       stats=stats if stats is not None and len(stats) else None, reference=widths)
+            skipped.update(result.skipped)
+            self.pruner.apply_indices(rewind, result.removed)      # same channels go from the checkpoint
+            model = copy.deepcopy(rewind)
+            masks = result.masks.rebind(model)                       # same zeros on the rewound weights
+            masks.apply()
+            if stats is not None:
+                stats.reset()
+            if r < sched.rounds:
+                finetune(model, self.data.train, train_cfg, epochs=epochs, masks=masks, grad_hook=hook,
+                         **self._recover_kwargs())
+        finetune(model, self.data.train, train_cfg, masks=masks, on_epoch=on_epoch, **self._recover_kwargs())
+        return model, masks, skipped
+
+
+PRUNE_KEYS = {"importance", "ignore", "pattern", "nm", "block", "unstructured_scope", "calibration_batches",
+              "schedule", "iterative", "agp", "lth"}
+
+
+def build_evaluator(prune: Optional[Mapping], recover: Optional[Mapping], baseline: nn.Module, data: DataSplits,
+                    pruner: StructuralPruner, profile: HardwareProfile, backend: LatencyBackend) -> CandidateEvaluator:
+    """The evaluator a search uses, from the `prune:` and `recover:` config sections (plain mappings)."""
+    prune = dict(prune or {})
+    bad = sorted(set(prune) - PRUNE_KEYS)
+    if bad:
+        raise ConfigError(f"prune: unknown key(s) {bad}; known: {sorted(PRUNE_KEYS)}")
+    recover = RecoverConfig.coerce(recover)
+    engine = PruningEngine(pruner, data.train, str(prune.get("unstructured_scope") or "layer"),
+                           int(prune.get("calibration_batches", 4)), recover.train.batch_size, recover.seed)
+    return CandidateEvaluator(baseline, data, engine, recover, profile, backend, ScheduleConfig.from_prune(prune))
+
+
+__all__ = ["CandidateEvaluator", "ChannelPruner", "TrialResult", "build_evaluator"]

@@ -1,6 +1,7 @@
 """Command line: `python -m autoprune [MODE] [hydra overrides...]`.
 
-MODE is `search` (default), `report`, `pick`, `reproduce` or `calibrate` (same as `mode=<MODE>`),
+MODE is `search` (default), `report`, `pick`, `reproduce`, `calibrate` or `sensitivity` (same as
+`mode=<MODE>`),
 or `agent` (the remote measurement agent; `python -m autoprune agent --help`). Errors autoprune can explain (bad config,
 missing files, unreachable storage) print one line on stderr and exit with status 2; anything else
 is a bug and keeps its traceback.
@@ -21,7 +22,7 @@ from autoprune.errors import AutopruneError
 from autoprune.resources import resource_dir
 
 log = logging.getLogger("autoprune")
-MODES = ("search", "report", "pick", "reproduce", "calibrate")
+MODES = ("search", "report", "pick", "reproduce", "calibrate", "sensitivity")
 
 
 def _quiet_libraries() -> None:
@@ -73,6 +74,14 @@ def run(cfg: DictConfig, output_dir: Path):
         print(result.report.summary())
         print(f"latency table: {path}")
         return result, path
+    if cfg.mode == "sensitivity":
+        from autoprune.sensitivity import run_sensitivity
+
+        result = run_sensitivity(cfg, output_dir)
+        print(result.table())
+        print(f"curves: {result.files['png']}\nprior search space: {result.files['prior']} "
+              "(use it with search_space=<that path>)")
+        return result
     raise AutopruneError(f"unknown mode '{cfg.mode}': choose one of {list(MODES)} (or run `python -m autoprune agent`)")
 
 

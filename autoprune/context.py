@@ -16,11 +16,10 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from autoprune.baseline import load_baseline
-from autoprune.candidate import CandidateEvaluator
+from autoprune.candidate import CandidateEvaluator, build_evaluator
 from autoprune.errors import ConfigError
 from autoprune.hw import HardwareProfile, Measurer, get_backend, load_profile
-from autoprune.prune import ChannelPruner, PrunableGroup, output_layers
-from autoprune.recover import TrainConfig
+from autoprune.prune import PrunableGroup, make_pruner, output_layers
 from autoprune.search.space import SearchSpace, load_space
 from autoprune.tasks import Task, build_task
 
@@ -44,6 +43,7 @@ class SearchContext:
             return str(self.cfg.search.study_name)
         spec = json.dumps([self.task.key, self.profile.digest(), self.space.describe(),
                            OmegaConf.to_container(self.cfg.recover, resolve=True),
+                           OmegaConf.to_container(self.cfg.prune, resolve=True),
                            OmegaConf.to_container(self.cfg.search.objectives, resolve=True),
                            OmegaConf.to_container(self.cfg.search.constraints, resolve=True)], sort_keys=True)
         return f"{self.task.name}-{self.profile.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
@@ -63,9 +63,10 @@ def build_context(cfg: DictConfig) -> SearchContext:
                           f"({type(exc).__name__}: {str(exc).splitlines()[0]}): make task.data and task.model agree"
                           ) from None
     ignore = list(dict.fromkeys([*cfg.prune.ignore, *output_layers(baseline, example)]))
-    pruner = ChannelPruner(example, ignore, profile.round_to)
+    pruner = make_pruner(baseline, example, ignore, profile.round_to)  # channels, or heads/FFN of BERT-style models
     groups = pruner.groups(baseline)
-    space = load_space(cfg.search_space, [g.name for g in groups], cfg.prune.importance)
-    recover = TrainConfig(**OmegaConf.to_container(cfg.recover, resolve=True))
-    evaluator = CandidateEvaluator(baseline, task.data, pruner, recover, profile, backend)
+    prune_cfg = OmegaConf.to_container(cfg.prune, resolve=True)
+    space = load_space(cfg.search_space, groups, cfg.prune.importance, defaults=prune_cfg)
+    evaluator = build_evaluator(prune_cfg, OmegaConf.to_container(cfg.recover, resolve=True), baseline, task.data,
+                                pruner, profile, backend)
     return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator)

@@ -58,3 +58,10 @@ def test_encode_round_trips_through_enqueue():
 def test_invalid_spaces_are_rejected_clearly(data, message):
     with pytest.raises(ConfigError, match=message):
         build_space(data, GROUPS)
+
+
+def test_upper_plan_of_a_prior_space():
+    space = build_space({"per_group": {"stem.0": {"high": 0.3}, "layers.2.*": {"high": 0.6}}}, GROUPS)
+    assert space.has_group_ranges and not build_space({}, GROUPS).has_group_ranges
+    plan = space.upper()
+    assert plan.ratio("stem.0") == 0.3 and plan.ratio("layers.2.0.conv2") == 0.6 and plan.ratio("layers.1.0.conv1") == 0.85

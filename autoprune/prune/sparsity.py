@@ -69,6 +69,24 @@ def _drop_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
+def _scores_for(weight: torch.Tensor, scores: Optional[torch.Tensor], default: torch.Tensor) -> torch.Tensor:
+    if scores is None:
+        return default
+    if not isinstance(scores, torch.Tensor) or scores.shape != weight.shape:
+        raise ConfigError(f"importance scores of shape {tuple(getattr(scores, 'shape', ()))} do not fit weight of "
+                          f"shape {tuple(weight.shape)}: score this layer's weight")
+    return scores.detach().float()
+
+
+def tiles(weight: torch.Tensor, pattern: str, n: int = 2, m: int = 4, block: Sequence[int] = (1, 4)) -> bool:
+    """Whether `pattern` ("n:m"/"nm" or "block") fits this weight's shape (unstructured always fits)."""
+    if pattern in ("n:m", "nm"):
+        return weight.dim() >= 2 and weight.shape[1] % m == 0
+    if pattern == "block":
+        return weight.shape[0] % block[0] == 0 and (weight.numel() // weight.shape[0]) % block[1] == 0
+    return True
+
+
 def sparsity(tensor: torch.Tensor) -> float:
     """Fraction of exactly-zero elements."""
     return 1.0 - int(torch.count_nonzero(tensor)) / max(1, tensor.numel())
@@ -77,10 +95,11 @@ def sparsity(tensor: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------- patterns
 
 def unstructured_mask(weight: torch.Tensor, amount: Optional[float] = None, *,
-                      threshold: Optional[float] = None) -> torch.Tensor:
+                      threshold: Optional[float] = None, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Layer-wise magnitude mask: drop exactly round(amount * numel) smallest |w|, or every |w| < threshold.
 
-    Give exactly one of `amount` (a fraction in [0, 1]) and `threshold` (>= 0)."""
+    Give exactly one of `amount` (a fraction in [0, 1]) and `threshold` (>= 0). `scores` (the weight's
+    shape, higher = more important; see autoprune.prune.saliency) replaces |w| in the amount ranking."""
     _check_weight(weight)
     if (amount is None) == (threshold is None):
         raise ConfigError("give exactly one of amount (fraction of weights to zero) "
@@ -91,7 +110,7 @@ def unstructured_mask(weight: torch.Tensor, amount: Optional[float] = None, *,
                 raise ConfigError(f"sparsity threshold {threshold!r} must be a number >= 0: use e.g. 1e-3")
             return weight.abs() >= float(threshold)
         k = round(_check_amount(amount) * weight.numel())
-        return _drop_smallest(weight.abs(), k).view(weight.shape)
+        return _drop_smallest(_scores_for(weight, scores, weight.abs()), k).view(weight.shape)
 
 
 def global_unstructured_masks(weights: Sequence[torch.Tensor], amount: float) -> list[torch.Tensor]:
@@ -109,7 +128,7 @@ def global_unstructured_masks(weights: Sequence[torch.Tensor], amount: float) ->
     return [part.view(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
 
 
-def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, *, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
     """N:M mask along the input dimension (dim 1): for every output and kernel position, each run of M
     consecutive input channels keeps its N largest |w| (exactly N nonzeros per group; sparsity 1 - N/M).
 
@@ -120,16 +139,17 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
         raise ConfigError(f"N:M sparsity needs an input dimension divisible by M={m}, got weight shape "
                           f"{tuple(weight.shape)}: choose an M that divides it or leave this layer out")
     with torch.no_grad():
-        scores = weight.abs().movedim(1, -1)                               # [out, *kernel, in]
+        scores = _scores_for(weight, scores, weight.abs()).movedim(1, -1)  # [out, *kernel, in]
         groups = scores.reshape(*scores.shape[:-1], -1, m)                 # [out, *kernel, in/M, M]
         keep = torch.zeros_like(groups, dtype=torch.bool)
         keep.scatter_(-1, groups.topk(n, dim=-1).indices, True)
         return keep.reshape(scores.shape).movedim(-1, 1).contiguous()   # [out, in, *kernel]
 
 
-def block_mask(weight: torch.Tensor, amount: float, block: Sequence[int] = (1, 4)) -> torch.Tensor:
+def block_mask(weight: torch.Tensor, amount: float, block: Sequence[int] = (1, 4), *,
+               scores: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Block mask over the 2-D view [out, in*k*k]: tile it with (rows, cols) blocks, drop the
-    round(amount * n_blocks) blocks of smallest L2 norm, whole."""
+    round(amount * n_blocks) blocks of smallest L2 norm (or smallest sum of `scores`), whole."""
     _check_weight(weight)
     _check_block(block)
     rows, cols = weight.shape[0], weight.numel() // weight.shape[0]
@@ -139,8 +159,8 @@ def block_mask(weight: torch.Tensor, amount: float, block: Sequence[int] = (1, 4
                           f"{tuple(weight.shape)}): pick a block shape that divides it or leave this layer out")
     amount = _check_amount(amount)
     with torch.no_grad():
-        tiles = weight.reshape(rows // br, br, cols // bc, bc)
-        norms = tiles.float().pow(2).sum(dim=(1, 3))                       # [rows/br, cols/bc]
+        per_weight = _scores_for(weight, scores, weight.float().pow(2))   # squared L2 norm by default
+        norms = per_weight.reshape(rows // br, br, cols // bc, bc).sum(dim=(1, 3))  # [rows/br, cols/bc]
         keep = _drop_smallest(norms, round(amount * norms.numel())).view(norms.shape)
         keep = keep[:, None, :, None].expand(-1, br, -1, bc)                # [rows/br, br, cols/bc, bc]
         return keep.reshape(weight.shape)
@@ -251,5 +271,35 @@ def sparse_encoding_bytes(tensor: torch.Tensor, index_bits: int = 32,
     )
 
 
-__all__ = ["PATTERNS", "EncodingBytes", "apply_mask_", "block_mask", "global_unstructured_masks", "nm_mask",
+@dataclass(frozen=True)
+class ModelEncoding:
+    """What a (masked) model's weights cost to store: `dense` bytes of every parameter, `sparse` bytes with
+    each conv / linear weight in its best encoding (dense, CSR or bitmask) and every other parameter dense,
+    and the fraction of zeros over the conv / linear weights (`weight_sparsity`)."""
+
+    dense: int
+    sparse: int
+    weight_sparsity: float
+    weights: int        # conv / linear weight elements
+    zeros: int
+
+
+def model_encoding(model: nn.Module, index_bits: int = 32) -> ModelEncoding:
+    """Dense vs best sparse encoding of a model's parameters (see `sparse_encoding_bytes`)."""
+    weight_ids = {id(m.weight) for m in model.modules() if isinstance(m, LAYERS) and m.weight is not None}
+    dense = sparse = weights = zeros = 0
+    for p in model.parameters():
+        size = p.numel() * p.element_size()
+        dense += size
+        if id(p) in weight_ids:
+            enc = sparse_encoding_bytes(p.detach(), index_bits=max(index_bits, max(p.numel(), 2).bit_length()))
+            sparse += enc.best[1]
+            weights += enc.numel
+            zeros += enc.numel - enc.nnz
+        else:
+            sparse += size
+    return ModelEncoding(dense, sparse, zeros / weights if weights else 0.0, weights, zeros)
+
+
+__all__ = ["PATTERNS", "EncodingBytes", "ModelEncoding", "model_encoding", "tiles", "apply_mask_", "block_mask", "global_unstructured_masks", "nm_mask",
            "sparse_encoding_bytes", "sparsify_", "sparsity", "unstructured_mask"]

@@ -1,5 +1,8 @@
-"""Recovery after pruning: fine-tuning (and, later, distillation and regularisers)."""
+"""Recovery after pruning: fine-tuning, knowledge distillation, sparsity-inducing regularisers."""
 
-from autoprune.recover.finetune import TrainConfig, evaluate, train
+from autoprune.recover.config import KDConfig, RecoverConfig, RegulariserConfig
+from autoprune.recover.finetune import TrainConfig, distillation_loss, evaluate, finetune, train
+from autoprune.recover.regularise import bn_l1, group_lasso, make_penalty
 
-__all__ = ["TrainConfig", "evaluate", "train"]
+__all__ = ["KDConfig", "RecoverConfig", "RegulariserConfig", "TrainConfig", "bn_l1", "distillation_loss", "evaluate",
+           "finetune", "group_lasso", "make_penalty", "train"]

@@ -90,8 +90,11 @@ class Search:
         cfg, ctx = self.cfg, self.ctx
         with study_lock(cfg.search.storage, self.study_name) if cfg.search.run_name else contextlib.nullcontext():
             if not self.study.trials:  # workers of a run group enqueue the warm start once
-                for ratio in cfg.search.warm_start:
-                    self.study.enqueue_trial(ctx.space.encode(ctx.space.uniform(float(ratio))))
+                warm = [ctx.space.uniform(float(ratio)) for ratio in cfg.search.warm_start]
+                if ctx.space.has_group_ranges:  # a sensitivity prior: each group at its own limit
+                    warm.append(ctx.space.upper())
+                for plan in warm:
+                    self.study.enqueue_trial(ctx.space.encode(plan))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
         self.study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
         params = {"task": cfg.task.name, "hw": ctx.profile.name, "hw_digest": ctx.profile.digest(),

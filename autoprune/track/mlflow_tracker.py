@@ -145,9 +145,11 @@ class Tracker:
 
         model = torch.load(torch_file, map_location="cpu", weights_only=False).eval()
         proto = onnx.load(str(onnx_file))
-        dims = proto.graph.input[0].type.tensor_type.shape.dim
-        shape = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
-        example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        tensor = proto.graph.input[0].type.tensor_type
+        shape = [d.dim_value if d.dim_value > 0 else 1 for d in tensor.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        example = (np.random.default_rng(0).standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
+                   else np.zeros(shape, dtype=dtype))  # token ids and other integer inputs: valid zeros
         with torch.no_grad():
             signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
         mlflow.set_tracking_uri(self.uri)
