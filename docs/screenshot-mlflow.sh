@@ -16,4 +16,5 @@ for _ in $(seq 60); do curl -sf http://127.0.0.1:$port/health >/dev/null && brea
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --window-size=1600,1000 \
   --virtual-time-budget=15000 --screenshot="$out" "http://127.0.0.1:$port/$fragment" 2>/dev/null
+[ -s "$out" ] || { echo "no screenshot taken (chromium failed or timed out)" >&2; exit 1; }
 echo "screenshot: $out"
