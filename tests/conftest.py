@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from autoprune.resources import resource_dir
+from autoprune.tasks.models import resnet_small
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,3 +38,15 @@ def compose_config(tmp_path: Path, *overrides: str):
 @pytest.fixture
 def make_cfg(tmp_path):
     return lambda *overrides: compose_config(tmp_path, *overrides)
+
+
+@pytest.fixture
+def model():
+    """The default task's ResNet (32/64/128), seeded, in eval mode."""
+    torch.manual_seed(0)
+    return resnet_small(widths=(32, 64, 128)).eval()
+
+
+@pytest.fixture
+def example():
+    return torch.randn(1, 1, 32, 32)

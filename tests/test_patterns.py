@@ -21,18 +21,6 @@ from autoprune.plan import GroupPlan, PrunePlan
 from autoprune.prune import ChannelPruner, PruningEngine, kept_channels, output_layers
 from autoprune.search.space import build_space
 from autoprune.tasks import zoo
-from autoprune.tasks.models import resnet_small
-
-
-@pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return resnet_small(widths=(32, 64, 128)).eval()
-
-
-@pytest.fixture
-def example():
-    return torch.randn(1, 1, 32, 32)
 
 
 def _engine(model, example, scope="layer", round_to=8):

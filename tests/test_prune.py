@@ -8,17 +8,6 @@ from autoprune.prune import ChannelPruner, output_layers
 from autoprune.tasks.models import resnet_small
 
 
-@pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return resnet_small(widths=(32, 64, 128)).eval()
-
-
-@pytest.fixture
-def example():
-    return torch.randn(1, 1, 32, 32)
-
-
 def _pruner(model, example, round_to=8):
     return ChannelPruner(example, output_layers(model, example), round_to)
 
