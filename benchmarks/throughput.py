@@ -4,7 +4,8 @@ workers sharing one study on PostgreSQL.
     python benchmarks/throughput.py [--trials 16] [--pg postgresql://postgres@127.0.0.1:5432] [--threads 0]
 
 Workers are real `python -m autoprune` processes in one run group (search.run_name) on a fresh
-database; the baseline is trained and cached first. Trials/min is taken from the trials' own start
+database, each group in a fresh study with the same sampler seed (so both do comparable work); the
+baseline is trained and cached first. Trials/min is taken from the trials' own start
 and end times (steady state, start-up excluded) and, in brackets, over the whole wall time.
 --threads N sets OMP_NUM_THREADS for every worker (0 = torch's default, one per core).
 """
@@ -42,7 +43,7 @@ def drop(pg: str, url: str) -> None:
 
 def launch(workdir: Path, url: str, group: str, trials: int, n: int, threads: int, extra: list[str]) -> float:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    base = [sys.executable, "-m", "autoprune", f"search.storage={url}", "search.study_name=bench",
+    base = [sys.executable, "-m", "autoprune", f"search.storage={url}", f"search.study_name=bench-{group}",
             f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"cache_dir={workdir / 'cache'}", *extra]
     start = time.perf_counter()
     procs = [subprocess.Popen([*base, f"search.run_name={group}", f"search.n_trials={trials}",
@@ -74,7 +75,8 @@ def main() -> None:
             if warm.returncode:
                 raise SystemExit(warm.stderr[-3000:])
             walls = {n: launch(workdir, url, f"w{n}", args.trials, n, args.threads, args.override) for n in (1, 2)}
-            trials = optuna.load_study(study_name="bench", storage=url).get_trials()
+            # each group has its own fresh study (same sampler seed): equal work, comparable rates
+            trials = [t for n in (1, 2) for t in optuna.load_study(study_name=f"bench-w{n}", storage=url).get_trials()]
             client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
             exp = client.get_experiment_by_name("autoprune")
             runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
