@@ -23,3 +23,10 @@ class ExportError(AutopruneError):
 
 class MeasurementError(AutopruneError):
     """A latency measurement failed on the target runtime."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for
+    one-line error reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

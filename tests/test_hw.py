@@ -21,21 +21,6 @@ def test_unknown_profile_name_lists_choices():
         load_profile("nope")
 
 
-@pytest.mark.parametrize("text, field", [
-    ("threads: 0", "threads"),
-    ("runtime: coreml", "runtime"),
-    ("target_rel_ci: 2", "target_rel_ci"),
-    ("min_repeats: 50\nmax_repeats: 10", "max_repeats"),
-    ("graph_optimization: turbo", "graph_optimization"),
-    ("thread: 1", "unknown field"),
-])
-def test_invalid_profile_names_the_field(tmp_path, text, field):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text + "\n")
-    with pytest.raises(ProfileError, match=field):
-        load_profile(str(path))
-
-
 def test_profile_that_is_not_yaml(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("threads: [1\n")

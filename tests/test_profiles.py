@@ -48,6 +48,10 @@ def test_gpu_profiles_ask_for_what_their_issue_says():
 
 
 @pytest.mark.parametrize("text, field", [
+    ("threads: 0", "threads"),
+    ("runtime: coreml", "runtime"),
+    ("target_rel_ci: 2", "target_rel_ci"),
+    ("graph_optimization: turbo", "graph_optimization"),
     ("threads: many", "threads"),
     ("threads: true", "threads"),
     ("runtime: tflite", "runtime"),

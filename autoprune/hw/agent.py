@@ -36,7 +36,7 @@ import onnx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from autoprune.errors import AutopruneError, ProfileError
+from autoprune.errors import AutopruneError, ProfileError, first_line
 from autoprune.hw.profile import CLIENT_ONLY_FIELDS, HardwareProfile, profile_from_dict
 from autoprune.hw.remote import PROFILE_HEADER
 from autoprune.hw.stats import LatencyStats
@@ -153,7 +153,7 @@ def _check_onnx(body: bytes) -> None:
         model = onnx.load_model_from_string(body)
         onnx.checker.check_model(model)
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise HTTPException(422, f"malformed ONNX model: {reason}") from None
     if len(model.graph.node) == 0:
         raise HTTPException(422, "malformed ONNX model: the graph has no nodes")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from autoprune.errors import PruningError
+from autoprune.errors import PruningError, first_line
 from autoprune.plan import PrunePlan
 from autoprune.prune.importance import make_importance
 from autoprune.prune.saliency import GradientStats, needs_gradients
@@ -168,7 +168,7 @@ class ChannelPruner:
             with torch.no_grad():
                 model(self.example_input)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise PruningError(f"after removing channels of group(s) {pruned} the model no longer runs "
                                f"({type(exc).__name__}: {first[:300]}): a layer there cannot be pruned safely; "
                                f"exclude the group in the search space (exclude: {pruned[:1]}) or add the layer to "

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import optuna
 from sqlalchemy.engine import make_url
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, first_line
 
 def _check_storage(url: str) -> str:
     try:
@@ -31,7 +31,7 @@ def open_storage(url: str, heartbeat_s: Optional[int] = None,
                                               grace_period=4 * int(heartbeat_s), failed_trial_callback=on_stale)
         return optuna.storages.get_storage(url)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"cannot open search.storage '{url}': {first}") from None
 
 

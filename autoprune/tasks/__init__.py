@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import AutopruneError, ConfigError, first_line
 from autoprune.recover.finetune import TrainConfig
 from autoprune.tasks.data import DataSplits
 
@@ -37,7 +37,7 @@ def _instantiate(node: Any, what: str) -> Any:
     except InstantiationException as exc:
         if isinstance(exc.__cause__, AutopruneError):  # the factory's own, clearer message
             raise exc.__cause__ from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ConfigError(f"task.{what}._target_={target} failed: {reason}") from None
 
 

@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import AutopruneError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)   # a flaky tracking server gets three more chances per call
@@ -32,9 +32,7 @@ def _retry(call, *args, **kwargs):
             return call(*args, **kwargs)
         except Exception as exc:  # MLflow raises MlflowException, requests errors, sqlite errors...
             if delay is None:
-                raise TrackingError(f"MLflow {getattr(call, '__name__', 'call')} failed: "
-                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-                                    ) from exc
+                raise TrackingError(f"MLflow {getattr(call, '__name__', 'call')} failed: {first_line(exc)}") from exc
             log.warning("MLflow %s failed (%s); retrying in %.1f s", getattr(call, "__name__", "call"),
                         type(exc).__name__, delay)
             time.sleep(delay)
@@ -59,7 +57,7 @@ class Tracker:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ConfigError(f"cannot use MLflow tracking.uri '{uri}': {first} "
                               "(use sqlite:///mlflow.db or an http:// tracking server)") from None
         self.parent_id: Optional[str] = None
