@@ -10,6 +10,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -88,11 +89,20 @@ def run(cfg: DictConfig, output_dir: Path):
 @hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     _quiet_libraries()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `docker stop`: end like Ctrl-C, closing what is open
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except AutopruneError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("autoprune: interrupted: finished trials are kept; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:

@@ -19,13 +19,13 @@ def _runs(client, exp_id, role):
 
 @pytest.fixture(scope="module")
 def two_invocations(tmp_path_factory):
-    """One search of 3 trials, then the same command again with 2 more."""
+    """One search of 3 trials, then again with the budget raised to 5: two more."""
     from conftest import compose_config
 
     tmp = tmp_path_factory.mktemp("search")
     cfg = compose_config(tmp, "search.n_trials=3", "tracking.experiment=e2e")
     first = run(cfg, tmp / "out1")
-    cfg2 = compose_config(tmp, "search.n_trials=2", "tracking.experiment=e2e")
+    cfg2 = compose_config(tmp, "search.n_trials=5", "tracking.experiment=e2e")
     second = run(cfg2, tmp / "out2")
     return tmp, first, second
 
@@ -108,6 +108,38 @@ def test_failing_trial_is_recorded_and_search_goes_on(make_cfg, tmp_path, monkey
     run_ = client.get_run(failed.user_attrs["mlflow_run_id"])
     assert run_.info.status == "FAILED" and run_.data.tags["autoprune.state"] == "failed"
     assert "injected export failure" in run_.data.tags["autoprune.fail_reason"]
+
+
+def test_diverging_fine_tune_fails_its_trial_with_the_reason(make_cfg, tmp_path, monkeypatch):
+    """Fault: one candidate's fine-tuning really diverges (learning rate 1e30 -> inf/NaN loss). That trial
+    fails with the reason in Optuna and MLflow; the others complete; counts stay right."""
+    import dataclasses
+
+    from autoprune.candidate import CandidateEvaluator
+
+    original, calls = CandidateEvaluator.evaluate, []
+
+    def diverge_second(self, plan, workdir, monitor=None):
+        calls.append(plan)
+        if len(calls) != 2:
+            return original(self, plan, workdir, monitor)
+        saved = self.recover
+        self.recover = dataclasses.replace(saved, train=dataclasses.replace(saved.train, lr=1e30))
+        try:
+            return original(self, plan, workdir, monitor)
+        finally:
+            self.recover = saved
+
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", diverge_second)
+    outcome = run(make_cfg("search.n_trials=3"), tmp_path / "out")
+    trials = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                         optuna.trial.TrialState.COMPLETE]
+    reason = trials[1].user_attrs["fail_reason"]
+    assert reason.startswith("DivergedError: training loss became") and "lower the learning rate" in reason
+    run_ = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert run_.info.status == "FAILED" and run_.data.tags["autoprune.fail_reason"] == reason
+    assert len(outcome.report.trials) == 2
 
 
 def test_own_model_data_and_checkpoint(make_cfg, tmp_path):

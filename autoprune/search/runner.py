@@ -35,9 +35,11 @@ from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
-from autoprune.search.workers import Heartbeat, StaleTrialHandler, claim, study_lock
+from autoprune.search.workers import (INTERRUPTED_ATTR, Heartbeat, StaleTrialHandler, budget_used, claim,
+                                      fail_orphaned_trials, study_lock)
 from autoprune.track import Tracker
-from autoprune.track.mlflow_tracker import ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER, TrackingError
+from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER,
+                                            TrackingError)
 
 log = logging.getLogger("autoprune")
 
@@ -88,6 +90,7 @@ class Search:
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
         cfg, ctx = self.cfg, self.ctx
+        self._close_orphans()
         with study_lock(cfg.search.storage, self.study_name) if cfg.search.run_name else contextlib.nullcontext():
             if not self.study.trials:  # workers of a run group enqueue the warm start once
                 warm = [ctx.space.uniform(float(ratio)) for ratio in cfg.search.warm_start]
@@ -105,9 +108,10 @@ class Search:
         group = cfg.search.run_name
         parent = self.tracker.start_search(f"search-{group or self.study_name}", self.study_name, params,
                                            group=group)
-        earlier = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
-        log.info("study %s (%d earlier trials) | %d prunable groups | hw %s | MLflow run %s",
-                 self.study_name, earlier, len(ctx.groups), ctx.profile.name, parent)
+        used = budget_used(self.study, group)
+        log.info("study %s (%d of %d trials done%s) | %d prunable groups | hw %s | MLflow run %s",
+                 self.study_name, min(used, int(cfg.search.n_trials)), cfg.search.n_trials,
+                 f" in run group {group}" if group else "", len(ctx.groups), ctx.profile.name, parent)
         status = "FAILED"
         try:
             baseline = self._measure_baseline()
@@ -156,23 +160,44 @@ class Search:
         """A trial whose worker died: its MLflow run must not stay RUNNING forever."""
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            self._close_run(run_id, "KILLED", {STATE: "failed", "autoprune.fail_reason": "worker lost (no heartbeat)"})
+            self._close_run(run_id, "KILLED", {STATE: "failed", FAIL_REASON: "worker lost (no heartbeat)"})
 
-    def _next_trial(self, searcher: Searcher, i: int, n_trials: int) -> optuna.Trial | None:
+    def _orphaned(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self._close_run(run_id, "KILLED", {STATE: "failed", FAIL_REASON: "worker process gone (killed or crashed)"})
+        self.stale.retry(study, trial)
+
+    def _close_orphans(self) -> None:
+        """What a killed process of this host left RUNNING: its trials are failed and retried
+        (search.max_retry), its MLflow runs ended KILLED."""
+        failed = fail_orphaned_trials(self.study, self._orphaned)
+        closed = self._mlflow("closing orphaned runs", lambda: self.tracker.close_orphaned_runs(self.study_name))
+        if failed or closed:
+            log.warning("a killed search left trial(s) %s and %d MLflow run(s) running: failed%s and closed",
+                        failed, len(closed or []), " (retried)" if failed and self.stale.max_retry else "")
+
+    def _next_trial(self, searcher: Searcher) -> optuna.Trial | None:
+        """The next trial within the budget: search.n_trials for the study, or for the run group
+        shared by all its workers."""
         if self.cfg.search.heartbeat_s:
             optuna.storages.fail_stale_trials(self.study)
         group = self.cfg.search.run_name
-        if group:  # the run group's budget is shared by all its workers
-            return claim(self.study, self.cfg.search.storage, str(group), n_trials, searcher.ask)
-        return searcher.ask() if i < n_trials else None
+        return claim(self.study, self.cfg.search.storage, str(group) if group else None,
+                     int(self.cfg.search.n_trials), searcher.ask)
 
     def _trials(self, baseline: dict, searcher: Searcher) -> None:
         n_trials, started = int(self.cfg.search.n_trials), time.perf_counter()
+        group = self.cfg.search.run_name
         max_drop = float(self.cfg.search.hv_max_drop)
         for i in itertools.count():
-            trial = self._next_trial(searcher, i, n_trials)
+            trial = self._next_trial(searcher)
             if trial is None:
+                if i == 0:
+                    log.info("the budget of %d trials is spent: nothing to run (raise search.n_trials to run more)",
+                             n_trials)
                 break
+            position = budget_used(self.study, group)
             plan = self.ctx.space.suggest(trial)
             t0 = time.perf_counter()
             with self.heartbeat.beating(trial):
@@ -185,14 +210,14 @@ class Search:
                              step=trial.number)
             elapsed = time.perf_counter() - started
             progress = (f"front {len(self.study.best_trials)} | hv {hv:.3f} | {_fmt_time(elapsed)} elapsed, "
-                        f"ETA {_fmt_time(elapsed / (i + 1) * max(0, n_trials - i - 1))}")
+                        f"ETA {_fmt_time(elapsed / (i + 1) * max(0, n_trials - position))}")
             if result is None:
                 attrs = self.study.trials[trial.number].user_attrs
                 outcome = f"stopped early: {attrs['stop_reason']}" if "stop_reason" in attrs else \
                     f"FAILED: {attrs.get('fail_reason')}"
-                log.info("trial %d/%d (#%d) %s | %s", i + 1, n_trials, trial.number, outcome, progress)
+                log.info("trial %d/%d (#%d) %s | %s", position, n_trials, trial.number, outcome, progress)
                 continue
-            log.info("trial %d/%d (#%d) %.1fs | val %.2f%% | %.3f ms (%.2fx) | %s params | %s", i + 1, n_trials,
+            log.info("trial %d/%d (#%d) %.1fs | val %.2f%% | %.3f ms (%.2fx) | %s params | %s", position, n_trials,
                      trial.number, time.perf_counter() - t0, 100 * result.val_accuracy, result.latency.median_ms,
                      baseline["latency_ms"] / result.latency.median_ms, f"{result.params:,}", progress)
 
@@ -225,13 +250,15 @@ class Search:
             self._close_run(run_id, "FINISHED", {STATE: "pruned", "autoprune.stop_reason": str(exc)})
             return None
         except (Exception, KeyboardInterrupt) as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)
+            interrupted = isinstance(exc, KeyboardInterrupt)  # Ctrl-C or SIGTERM: retried like a killed trial
             reason = "interrupted" if interrupted else _one_line(exc)
             trial.set_user_attr("fail_reason", reason)
-            searcher.tell(trial, None, None)
-            self._close_run(run_id, "KILLED" if interrupted else "FAILED",
-                            {STATE: "failed", "autoprune.fail_reason": reason})
             if interrupted:
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+            searcher.tell(trial, None, None)
+            self._close_run(run_id, "KILLED" if interrupted else "FAILED", {STATE: "failed", FAIL_REASON: reason})
+            if interrupted:
+                self.stale.retry(self.study, self.study.trials[trial.number])
                 raise
             return None
         metrics = result.metrics()

@@ -28,7 +28,8 @@ def open_storage(url: str, heartbeat_s: Optional[int] = None,
     try:
         if heartbeat_s:
             return optuna.storages.RDBStorage(url, heartbeat_interval=int(heartbeat_s),
-                                              grace_period=4 * int(heartbeat_s), failed_trial_callback=on_stale)
+                                              grace_period=4 * int(heartbeat_s),
+                                              heartbeat_stale_trial_callback=on_stale)
         return optuna.storages.get_storage(url)
     except Exception as exc:
         first = first_line(exc)

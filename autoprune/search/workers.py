@@ -1,11 +1,17 @@
 """Many workers on one study: a shared trial budget, heartbeats, and retry of trials whose worker died.
 
-Workers started with the same `search.run_name` (same storage, same study) form a *run group*:
-they share one MLflow parent run and `search.n_trials` is the group's budget, claimed under a
-study-wide lock (a PostgreSQL advisory lock, or a file lock beside a SQLite database) so the group
-runs exactly that many trials, none twice. A running trial records a heartbeat; a trial whose
-worker was killed goes stale after `4 × search.heartbeat_s`, is marked failed (its MLflow run
-KILLED) by the next worker that asks, and is retried up to `search.max_retry` times.
+`search.n_trials` is a budget, not an increment: the study (or, with `search.run_name`, the run
+group inside it) runs exactly that many trials, so the same command run again after a crash
+finishes the search instead of adding to it. Trials are claimed under a study-wide lock (a
+PostgreSQL advisory lock, or a file lock beside a SQLite database), so any number of workers on
+one storage run exactly that many, none twice. Workers with the same `search.run_name` also share
+one MLflow parent run.
+
+A dead worker's trial is found two ways: each running trial records its owner process
+(`host:pid:start`), so a worker on the same host fails the trials of a dead process at once;
+across hosts, a running trial records a heartbeat and goes stale after `4 × search.heartbeat_s`.
+Either way the trial is marked failed, its MLflow run KILLED, and it is retried up to
+`search.max_retry` times; a trial failed that way does not count against the budget.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from autoprune.errors import ConfigError
+from autoprune.owner import owner_is_dead, process_owner
 
 GROUP_ATTR = "run_group"
+OWNER_ATTR = "owner"          # user attr of a running trial: its process, host:pid:start
+INTERRUPTED_ATTR = "interrupted"
 
 
 @contextlib.contextmanager
@@ -51,30 +60,62 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         engine.dispose()
         return
-    raise ConfigError(f"search.run_name needs a SQLite or PostgreSQL search.storage, not {backend}")
+    raise ConfigError(f"several workers need a SQLite or PostgreSQL search.storage, not {backend}")
+
+
+def supports_lock(url: str) -> bool:
+    return make_url(url).get_backend_name() in ("sqlite", "postgresql")
 
 
 def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Running and finished trials count; a trial failed for a lost heartbeat does not (its retry does)."""
+    """Running and finished trials count; a trial whose worker died or was interrupted does not
+    (its retry does)."""
     state = trial.state
     if state == optuna.trial.TrialState.WAITING:
         return False
     if state == optuna.trial.TrialState.FAIL:
-        return "fail_reason" in trial.user_attrs
+        return "fail_reason" in trial.user_attrs and not trial.user_attrs.get(INTERRUPTED_ATTR)
     return True
 
 
-def claim(study: optuna.Study, url: str, group: str, budget: int,
+def budget_used(study: optuna.Study, group: Optional[str]) -> int:
+    """Trials of `group` (None: of the whole study) that count against the budget."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if (group is None or t.user_attrs.get(GROUP_ATTR) == group) and counts_against_budget(t))
+
+
+def claim(study: optuna.Study, url: str, group: Optional[str], budget: int,
           ask: Callable[[], optuna.Trial]) -> Optional[optuna.Trial]:
-    """`ask()` for the next trial of `group` if its budget allows; None when the budget is spent."""
-    with study_lock(url, study.study_name):
-        used = sum(1 for t in study.get_trials(deepcopy=False)
-                   if t.user_attrs.get(GROUP_ATTR) == group and counts_against_budget(t))
-        if used >= budget:
+    """`ask()` for the next trial of `group` (None: the whole study) if its budget allows, recording
+    this process as the trial's owner; None when the budget is spent."""
+    lock = study_lock(url, study.study_name) if group or supports_lock(url) else contextlib.nullcontext()
+    with lock:
+        if budget_used(study, group) >= budget:
             return None
         trial = ask()
-        trial.set_user_attr(GROUP_ATTR, group)
+        trial.set_user_attr(OWNER_ATTR, process_owner())
+        if group:
+            trial.set_user_attr(GROUP_ATTR, group)
         return trial
+
+
+def fail_orphaned_trials(study: optuna.Study, on_failed: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+                         ) -> list[int]:
+    """Fail the running trials whose owner process on this host is gone (a worker killed with
+    kill -9, a crashed machine's restarted worker) and pass each to `on_failed` (close its MLflow run,
+    enqueue a retry). Returns their numbers."""
+    storage, failed = study._storage, []
+    for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
+        if not owner_is_dead(trial.user_attrs.get(OWNER_ATTR)):
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+            continue
+        failed.append(trial.number)
+        on_failed(study, storage.get_trial(trial._trial_id))
+    return failed
 
 
 class Heartbeat:
@@ -117,6 +158,10 @@ class StaleTrialHandler:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.on_stale is not None:
             self.on_stale(trial)
+        self.retry(study, trial)
+
+    def retry(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Enqueue `trial`'s parameters again, unless it was already retried `max_retry` times."""
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if len(history) > self.max_retry:
             return

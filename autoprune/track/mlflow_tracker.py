@@ -2,7 +2,9 @@
 
 One parent run per invocation (tag autoprune.role=search) holding the report; nested runs for the
 baseline (autoprune.role=baseline) and for each trial (autoprune.role=trial, autoprune.trial_number,
-autoprune.state). Everything goes through MlflowClient: no global active-run state.
+autoprune.state). Every run carries its process (autoprune.owner), so runs a killed process left
+RUNNING are closed as KILLED by the next search of the study. Everything goes through
+MlflowClient: no global active-run state.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from autoprune.errors import AutopruneError, ConfigError, first_line
+from autoprune.owner import owner_is_dead, process_owner
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)   # a flaky tracking server gets three more chances per call
@@ -44,6 +47,8 @@ STATE = "autoprune.state"
 PARETO = "autoprune.pareto"
 PARENT = "mlflow.parentRunId"
 GROUP = "autoprune.run_group"
+OWNER = "autoprune.owner"
+FAIL_REASON = "autoprune.fail_reason"
 ONNX_MODEL_ID = "autoprune.onnx_model_id"
 TORCH_MODEL_ID = "autoprune.pytorch_model_id"
 
@@ -65,7 +70,7 @@ class Tracker:
     # -- runs ---------------------------------------------------------------------------------
     def start_search(self, name: str, study: str, params: dict, group: Optional[str] = None) -> str:
         """The parent run of this invocation; workers of one run group share the group's first one."""
-        tags = {ROLE: "search", STUDY: study, **({GROUP: group} if group else {})}
+        tags = {ROLE: "search", STUDY: study, OWNER: process_owner(), **({GROUP: group} if group else {})}
         if group:
             shared = self._group_runs(study, group)
             if shared:
@@ -82,6 +87,24 @@ class Tracker:
         self.log(self.parent_id, params=params)
         return self.parent_id
 
+    def close_orphaned_runs(self, study: str) -> list[str]:
+        """Runs of `study` left RUNNING by a process of this host that is gone (kill -9, OOM, power
+        loss): tagged failed and ended KILLED. A group's shared parent run is left to its live workers.
+        Returns their run ids."""
+        running = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'",
+            max_results=50000)
+        closed = []
+        for run in running:
+            tags = run.data.tags
+            if GROUP in tags or not owner_is_dead(tags.get(OWNER)):
+                continue
+            reason = {FAIL_REASON: f"process {tags[OWNER]} died (killed or crashed)"}
+            self.log(run.info.run_id, tags=reason | ({STATE: "failed"} if tags.get(ROLE) == "trial" else {}))
+            self.end(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+        return closed
+
     def _group_runs(self, study: str, group: str) -> list:
         return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'search' and tags.`{STUDY}` = '{study}' "
@@ -89,7 +112,7 @@ class Tracker:
             order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1000)
 
     def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
-        tags = {ROLE: role, PARENT: self.parent_id, **(tags or {})}
+        tags = {ROLE: role, PARENT: self.parent_id, OWNER: process_owner(), **(tags or {})}
         return _retry(self.client.create_run, self.experiment_id, run_name=name,
                       tags={k: str(v) for k, v in tags.items()}).info.run_id
 
