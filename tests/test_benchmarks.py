@@ -44,3 +44,11 @@ def test_realized_speedup_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("resnet_small", "cnn1d"))]
     assert len(rows) == 4 and all(0 < float(r[3]) < 1 for r in rows)   # MACs ratio of a 50 % prune
+
+
+def test_memory_script_runs(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--trials", "3", "--warmup", "1",
+                             "--override", f"hw={ROOT / 'tests' / 'data' / 'fast-cpu.yaml'}"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 trials in" in result.stdout and "MB per 100 trials" in result.stdout
