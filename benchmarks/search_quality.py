@@ -12,7 +12,9 @@ nni-tpe (NNI's TPE tuner on the scalarised objective). All trials are evaluated 
 Columns: HV val / HV test = normalised hypervolume of (accuracy, measured latency) within 10 points
 of the baseline accuracy (autoprune.search.pareto.normalized_hypervolume); best speedup at <=1 pt
 test drop = max baseline latency / latency over trials whose test accuracy is within 1 point of the
-baseline's; wall = seconds for the whole search.
+baseline's; wall = seconds for the whole search. The row "union" pools every method's trials of a
+seed (latencies as ratios to each run's own baseline): the front all methods together found, an
+upper reference for what any one search of this budget could reach.
 """
 
 from __future__ import annotations
@@ -68,7 +70,21 @@ def one_search(workdir: Path, method: str, seed: int, trials: int, extra: list[s
     val_ok = [base.latency_ms / lat for v, _, lat in rows if v >= base.val_accuracy - 0.01]
     return {"method": method, "seed": seed, "hv_val": val_hv, "hv_test": test_hv,
             "best_test": max(ok, default=float("nan")), "best_val": max(val_ok, default=float("nan")),
-            "wall": wall, "base_ms": base.latency_ms, "base_test": base.test_accuracy}
+            "wall": wall, "base_ms": base.latency_ms, "base_test": base.test_accuracy, "base_val": base.val_accuracy,
+            "points": [(v, t, lat / base.latency_ms) for v, t, lat in rows]}
+
+
+def union(results: list[dict], seed: int) -> dict:
+    """All methods' trials of one seed as one pool (latency as a ratio to each run's baseline)."""
+    runs = [x for x in results if x["seed"] == seed]
+    points = [p for x in runs for p in x["points"]]
+    base_val, base_test = runs[0]["base_val"], runs[0]["base_test"]
+    return {"method": "union", "seed": seed,
+            "hv_val": normalized_hypervolume([(v, r) for v, _, r in points], base_val, 1.0),
+            "hv_test": normalized_hypervolume([(t, r) for _, t, r in points], base_test, 1.0),
+            "best_val": max((1 / r for v, _, r in points if v >= base_val - 0.01), default=float("nan")),
+            "best_test": max((1 / r for _, t, r in points if t >= base_test - 0.01), default=float("nan")),
+            "wall": sum(x["wall"] for x in runs), "base_ms": runs[0]["base_ms"], "base_test": base_test}
 
 
 def main() -> None:
@@ -85,13 +101,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         results = [one_search(workdir, m, s, args.trials, args.override) for s in args.seeds for m in args.methods]
+    results += [union(results, s) for s in args.seeds]
     print(f"\n{args.trials} trials per search, seeds {args.seeds}; mean ± std over seeds")
     print(f"{'method':10} {'HV val':>14} {'HV test':>14} {'best x (val<=1pt)':>18} {'best x (test<=1pt)':>19} {'wall s':>8}")
-    for m in args.methods:
+    for m in [*args.methods, "union"]:
         r = [x for x in results if x["method"] == m]
         f = lambda k: f"{np.mean([x[k] for x in r]):.3f} ± {np.std([x[k] for x in r]):.3f}"  # noqa: E731
         print(f"{m:10} {f('hv_val'):>14} {f('hv_test'):>14} {f('best_val'):>18} {f('best_test'):>19} "
               f"{np.mean([x['wall'] for x in r]):8.0f}")
+    for ref in ("uniform", "flops"):
+        if ref not in args.methods:
+            continue
+        print(f"\nHV ratio to {ref} (val / test), mean over seeds:")
+        for m in [*args.methods, "union"]:
+            pairs = [(x, next(y for y in results if y["method"] == ref and y["seed"] == x["seed"]))
+                     for x in results if x["method"] == m]
+            print(f"  {m:10} {np.mean([x['hv_val'] / y['hv_val'] for x, y in pairs]):.3f} / "
+                  f"{np.mean([x['hv_test'] / y['hv_test'] for x, y in pairs]):.3f}")
     print("\nper run:")
     for x in results:
         print(f"  {x['method']:10} seed {x['seed']}: HV val {x['hv_val']:.3f}, HV test {x['hv_test']:.3f}, best x val "
