@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import optuna
 import torch
 from hydra import compose, initialize_config_dir
 
-from autoprune.cli import run
+from autoprune.cli import _quiet_libraries, run
 from autoprune.recover import evaluate
 from autoprune.resources import resource_dir
 from autoprune.search.pareto import normalized_hypervolume
@@ -97,7 +96,7 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every search")
     args = parser.parse_args()
     logging.getLogger("autoprune").setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         results = [one_search(workdir, m, s, args.trials, args.override) for s in args.seeds for m in args.methods]
@@ -116,8 +115,8 @@ def main() -> None:
         for m in [*args.methods, "union"]:
             pairs = [(x, next(y for y in results if y["method"] == ref and y["seed"] == x["seed"]))
                      for x in results if x["method"] == m]
-            print(f"  {m:10} {np.mean([x['hv_val'] / y['hv_val'] for x, y in pairs]):.3f} / "
-                  f"{np.mean([x['hv_test'] / y['hv_test'] for x, y in pairs]):.3f}")
+            ratio = lambda k: np.mean([x[k] / y[k] if y[k] else float("nan") for x, y in pairs])  # noqa: E731
+            print(f"  {m:10} {ratio('hv_val'):.3f} / {ratio('hv_test'):.3f}")
     print("\nper run:")
     for x in results:
         print(f"  {x['method']:10} seed {x['seed']}: HV val {x['hv_val']:.3f}, HV test {x['hv_test']:.3f}, best x val "
