@@ -10,6 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from autoprune.cli import run
+from autoprune.errors import ExportError, MeasurementError, PruningError
 from autoprune.search.pareto import non_dominated
 
 
@@ -86,28 +87,53 @@ def test_second_invocation_resumes_the_study(two_invocations):
     assert sorted(s.split()[0] for s in sources) == ["cache", "trained,"]
 
 
-def test_failing_trial_is_recorded_and_search_goes_on(make_cfg, tmp_path, monkeypatch):
-    from autoprune.candidate import CandidateEvaluator
+def _fail_nth_call(monkeypatch, owner, name: str, n: int, exc: Exception) -> None:
+    """Make the n-th call (1-based) of owner.name raise exc; every other call runs the real thing."""
+    original, calls = getattr(owner, name), []
 
-    original, calls = CandidateEvaluator.evaluate, []
+    def faulty(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise exc
+        return original(*args, **kwargs)
 
-    def flaky(self, plan, workdir, monitor=None):  # the second trial's export blows up
-        calls.append(plan)
-        if len(calls) == 2:
-            raise RuntimeError("injected export failure")
-        return original(self, plan, workdir, monitor)
+    monkeypatch.setattr(owner, name, faulty)
 
-    monkeypatch.setattr(CandidateEvaluator, "evaluate", flaky)
+
+# Faults injected into the second trial, at each stage of a candidate's evaluation (the real
+# stage runs on every other call). Calls per trial: apply 1, export 2 (measured graph, final
+# model), measure 1, after the baseline's own measurement.
+FAULTS = {
+    "pruning": ("autoprune.prune.engine:PruningEngine.apply", 2, PruningError("group layers.1 cannot be pruned")),
+    "export": ("autoprune.candidate:export_model", 3, ExportError("torch.onnx failed")),
+    "runtime crash": ("autoprune.hw.backend:Measurer.measure", 3, MeasurementError("onnxruntime crashed")),
+    "anything else": ("autoprune.candidate:CandidateEvaluator.evaluate", 2, RuntimeError("out of memory")),
+}
+
+
+@pytest.mark.parametrize("stage", FAULTS)
+def test_a_fault_at_any_stage_fails_that_trial_with_its_reason_and_the_search_goes_on(make_cfg, tmp_path,
+                                                                                     monkeypatch, stage):
+    import importlib
+
+    target, n, exc = FAULTS[stage]
+    reason = f"{type(exc).__name__}: {exc}"
+    module_name, attr = target.split(":")
+    owner = importlib.import_module(module_name)
+    *path, name = attr.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    _fail_nth_call(monkeypatch, owner, name, n, exc)
     outcome = run(make_cfg("search.n_trials=3"), tmp_path / "out")
     study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.FAIL) == 1 and len(outcome.report.trials) == 2
-    failed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
-    assert "injected export failure" in failed.user_attrs["fail_reason"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_ = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                               optuna.trial.TrialState.COMPLETE]
+    failed = study.trials[1]
+    assert failed.user_attrs["fail_reason"] == reason
+    run_ = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(failed.user_attrs["mlflow_run_id"])
     assert run_.info.status == "FAILED" and run_.data.tags["autoprune.state"] == "failed"
-    assert "injected export failure" in run_.data.tags["autoprune.fail_reason"]
+    assert run_.data.tags["autoprune.fail_reason"] == reason
+    assert len(outcome.report.trials) == 2
 
 
 def test_diverging_fine_tune_fails_its_trial_with_the_reason(make_cfg, tmp_path, monkeypatch):
