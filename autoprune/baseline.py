@@ -31,9 +31,27 @@ def _load_state(model: nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"checkpoint {path} does not fit task.model ({first}): "
-                          "use the checkpoint of this architecture") from None
+        raise ConfigError(f"checkpoint {path} does not fit task.model ({_mismatch(exc)}): use a checkpoint "
+                          "of this architecture, or set task.model to the one it was saved from") from None
+
+
+def _mismatch(exc: RuntimeError) -> str:
+    """The first concrete problem of a load_state_dict error (its first line only names the model class)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+    more = len(lines) - 2
+    return (detail[:300].rstrip(".") + ("..." if len(detail) > 300 else "")) + (f" and {more} more" if more > 0 else "")
+
+
+def cached_path(task: Task, cache_dir: Path) -> Path:
+    """Where the trained baseline of `task` is cached (keyed by the task config)."""
+    return Path(cache_dir) / "baselines" / f"{task.name}-{task.key}.pt"
+
+
+def needs_training(task: Task, cache_dir: Path) -> bool:
+    """True when load_baseline will train (no checkpoint, nothing cached): the expensive case, before
+    which callers validate everything cheap."""
+    return task.checkpoint is None and not cached_path(task, cache_dir).is_file()
 
 
 def load_baseline(task: Task, cache_dir: Path) -> tuple[nn.Module, str]:
@@ -43,7 +61,7 @@ def load_baseline(task: Task, cache_dir: Path) -> tuple[nn.Module, str]:
     if task.checkpoint is not None:
         _load_state(model, task.checkpoint)
         return model.eval(), f"checkpoint {task.checkpoint}"
-    cached = Path(cache_dir) / "baselines" / f"{task.name}-{task.key}.pt"
+    cached = cached_path(task, cache_dir)
     if cached.is_file():
         _load_state(model, cached)
         return model.eval(), f"cache {cached}"

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from autoprune.errors import AutopruneError
+from autoprune.overrides import check_overrides
 from autoprune.resources import resource_dir
 
 log = logging.getLogger("autoprune")
@@ -113,6 +114,12 @@ def main() -> None:
         sys.exit(agent_main(args[1:]))
     if args and args[0] in MODES:  # `python -m autoprune pick ...` == `python -m autoprune mode=pick ...`
         sys.argv[1:] = [f"mode={args[0]}", *args[1:]]
+    if not any(arg.startswith("-") for arg in sys.argv[1:]):  # --help, --cfg, -m ...: Hydra's own business
+        try:  # Hydra would answer a misspelt key or option with several lines and exit 1
+            check_overrides(sys.argv[1:], MODES)
+        except AutopruneError as exc:
+            print(f"autoprune: error: {exc}", file=sys.stderr)
+            sys.exit(2)
     _hydra_main()
 
 

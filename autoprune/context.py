@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from autoprune.baseline import load_baseline
+from autoprune.baseline import load_baseline, needs_training
 from autoprune.candidate import CandidateEvaluator, build_evaluator
-from autoprune.errors import ConfigError
-from autoprune.hw import HardwareProfile, Measurer, get_backend, load_profile
+from autoprune.errors import ConfigError, ExportError, first_line
+from autoprune.hw import HardwareProfile, Measurer, export_onnx, get_backend, load_profile
 from autoprune.prune import PrunableGroup, make_pruner, output_layers
 from autoprune.search.space import SearchSpace, load_space
 from autoprune.tasks import Task, build_task
@@ -49,24 +51,56 @@ class SearchContext:
         return f"{self.task.name}-{self.profile.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
-def build_context(cfg: DictConfig) -> SearchContext:
+def build_context(cfg: DictConfig, before_baseline: Optional[Callable[[], None]] = None) -> SearchContext:
+    """Build everything a search shares. When the baseline is to be trained (no checkpoint, nothing
+    cached), the untrained model goes through the same checks first, so a bad model, importance or
+    search space fails in seconds instead of after training. `before_baseline` runs once those checks
+    passed, before the baseline is loaded or trained (a search opens its storage and tracker there)."""
     profile = load_profile(cfg.hw)
     backend = get_backend(profile, cache_dir=Path(cfg.cache_dir))
     task = build_task(cfg.task)
+    if needs_training(task, Path(cfg.cache_dir)):
+        _assemble(cfg, profile, backend, task, task.make_model().eval())
+    if before_baseline is not None:
+        before_baseline()
     baseline, origin = load_baseline(task, Path(cfg.cache_dir))
+    groups, space, evaluator = _assemble(cfg, profile, backend, task, baseline)
+    return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator)
+
+
+def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task: Task,
+              model: nn.Module) -> tuple[list[PrunableGroup], SearchSpace, CandidateEvaluator]:
+    """Groups, search space and evaluator for `model`, after checking it takes the data's inputs and
+    exports to ONNX. Nothing here depends on the weights, so an untrained model checks it all."""
     example = task.data.example_batch(profile.batch_size)
-    try:
-        with torch.no_grad():
-            baseline(example)
-    except Exception as exc:
-        raise ConfigError(f"the model rejects inputs of shape {tuple(example.shape)} from the data "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0]}): make task.data and task.model agree"
-                          ) from None
-    ignore = list(dict.fromkeys([*cfg.prune.ignore, *output_layers(baseline, example)]))
-    pruner = make_pruner(baseline, example, ignore, profile.round_to)  # channels, or heads/FFN of BERT-style models
-    groups = pruner.groups(baseline)
+    _check_inputs(model, example)
+    _check_exportable(model, example)
+    ignore = list(dict.fromkeys([*cfg.prune.ignore, *output_layers(model, example)]))
+    pruner = make_pruner(model, example, ignore, profile.round_to)  # channels, or heads/FFN of BERT-style models
+    groups = pruner.groups(model)
     prune_cfg = OmegaConf.to_container(cfg.prune, resolve=True)
     space = load_space(cfg.search_space, groups, cfg.prune.importance, defaults=prune_cfg)
-    evaluator = build_evaluator(prune_cfg, OmegaConf.to_container(cfg.recover, resolve=True), baseline, task.data,
+    evaluator = build_evaluator(prune_cfg, OmegaConf.to_container(cfg.recover, resolve=True), model, task.data,
                                 pruner, profile, backend)
-    return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator)
+    return groups, space, evaluator
+
+
+def _check_inputs(model: nn.Module, example: torch.Tensor) -> None:
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:
+        raise ConfigError(f"the model rejects inputs of shape {tuple(example.shape)} from the data "
+                          f"({type(exc).__name__}: {first_line(exc)}): make task.data and task.model agree"
+                          ) from None
+
+
+def _check_exportable(model: nn.Module, example: torch.Tensor) -> None:
+    """Every candidate is timed as an ONNX model: a model that does not export could never be measured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            export_onnx(model, example, Path(tmp) / "model.onnx")
+        except ExportError as exc:
+            reason = first_line(exc.__cause__ or exc)
+            raise ConfigError(f"task.model does not export to ONNX ({reason}): autoprune times every candidate "
+                              "as an ONNX model, so replace that layer or operation with exportable ones") from None

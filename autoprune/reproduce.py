@@ -46,7 +46,9 @@ def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
     trial = trials.get(number)
     if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
         done = sorted(n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE)
-        raise ConfigError(f"trial {number} of study '{study.study_name}' did not complete; completed trials: {done}")
+        fix = "set reproduce.trial to one of them" if done else "run the search first"
+        raise ConfigError(f"trial {number} of study '{study.study_name}' did not complete; completed trials: {done}: "
+                          f"{fix}")
     stored = study_config(study)
     ctx = build_context(stored)
     plan = PrunePlan.from_dict(trial.user_attrs["plan"])

@@ -23,13 +23,21 @@ def resource_dir(name: str) -> Path:
 def resolve_yaml(kind: str, name_or_path: str) -> Path:
     """A shipped YAML by name (`cpu-ort-1t`) in folder `kind`, or any YAML file by path."""
     path = Path(name_or_path).expanduser()
+    folder = resource_dir(kind)
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
     if path.suffix in {".yaml", ".yml"} or path.parent != Path("."):
         if path.is_file():
             return path
-        raise ConfigError(f"{kind} file not found: {path}")
-    folder = resource_dir(kind)
+        raise ConfigError(f"{kind} file not found: {path} (relative to {Path.cwd()}): fix the path "
+                          f"or use a shipped name, one of [{names}]")
     shipped = folder / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
     raise ConfigError(f"unknown {kind} '{name_or_path}': choose one of [{names}] or give a path to a YAML file")
+
+
+def yaml_problem(exc: Exception) -> str:
+    """Where and what a YAML parse error is, in a few words: `line 2: expected ',' or ']'`."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["syntax error"])[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)

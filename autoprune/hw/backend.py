@@ -28,6 +28,24 @@ def runtime_backend(profile: HardwareProfile, cache_dir: Optional[Path] = None) 
     return TensorRTBackend(Path(cache_dir) / "tensorrt" if cache_dir else None)
 
 
+def check_ready(profile: HardwareProfile) -> None:
+    """Raise MeasurementError now if `profile` cannot be measured from here (runtime, provider or GPU
+    missing; agent token unset or agent down): a search checks this before it trains a baseline or
+    records anything, instead of failing at its first measurement."""
+    if profile.is_remote:
+        from autoprune.hw.remote import check_agent
+        check_agent(profile)
+    elif profile.runtime == "onnxruntime":
+        from autoprune.hw.onnxruntime_backend import check_provider
+        check_provider(profile)
+    elif profile.runtime == "torch":
+        from autoprune.hw.torch_backend import check_device
+        check_device(profile)
+    else:
+        from autoprune.hw.tensorrt_backend import check_tensorrt
+        check_tensorrt()
+
+
 class Measurer:
     """What get_backend returns. `measure(model, profile)` gives the cached result for the same ONNX
     file, profile and machine when there is one; `fresh=True` always measures (use it for the

@@ -3,16 +3,17 @@ itself, for the torch backend)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import onnx
 import torch
 import torch.nn as nn
 
-from autoprune.errors import ExportError
+from autoprune.errors import ExportError, first_line
 
 OPSET = 17
 
@@ -32,6 +33,25 @@ def as_exported(model: ModelFiles) -> ExportedModel:
     return model if isinstance(model, ExportedModel) else ExportedModel(Path(model))
 
 
+@contextlib.contextmanager
+def _onnx_log_off() -> Iterator[None]:
+    """torch's TorchScript exporter turns its C++ log on for every export (it tests the function
+    `_jit_is_onnx_log_enabled` instead of calling it), so a failed export prints the whole TorchScript
+    graph on stderr. Keep the log off: the ExportError says what failed."""
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils
+    except ImportError:  # another torch layout: nothing to switch off
+        utils = None
+    original = getattr(utils, "setup_onnx_logging", None)
+    if original is not None:
+        utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        if original is not None:
+            utils.setup_onnx_logging = original
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
     """Write `model` to `path` (weights inline, no external data) and validate it with onnx.checker.
 
@@ -41,7 +61,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _onnx_log_off():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
@@ -50,7 +70,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
             )
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise ExportError(f"ONNX export failed for {type(model).__name__}: {exc}") from exc
+        raise ExportError(f"ONNX export failed for {type(model).__name__}: {first_line(exc)}") from exc
     return path
 
 

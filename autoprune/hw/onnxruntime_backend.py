@@ -37,6 +37,15 @@ def _device_id(profile: HardwareProfile) -> int:
     return int(profile.device.split(":")[1]) if ":" in profile.device else 0
 
 
+def check_provider(profile: HardwareProfile) -> None:
+    """Raise MeasurementError when this ONNX Runtime lacks the profile's execution provider."""
+    available = ort.get_available_providers()
+    if profile.provider not in available:
+        hint = " (pip install onnxruntime-gpu for CUDA)" if "CUDA" in profile.provider else ""
+        raise MeasurementError(f"ONNX Runtime provider '{profile.provider}' is not available here "
+                               f"(available: {available}){hint}: pick a profile for this machine with hw=<name>")
+
+
 def make_session(onnx_path: Path, profile: HardwareProfile, enable_profiling_in: Path | None = None
                  ) -> ort.InferenceSession:
     """A session configured as the profile says (threads, optimisation level, provider, precision)."""
@@ -49,11 +58,7 @@ def make_session(onnx_path: Path, profile: HardwareProfile, enable_profiling_in:
     if enable_profiling_in is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(enable_profiling_in) / "ort")
-    available = ort.get_available_providers()
-    if profile.provider not in available:
-        hint = " (pip install onnxruntime-gpu for CUDA)" if "CUDA" in profile.provider else ""
-        raise MeasurementError(f"ONNX Runtime provider '{profile.provider}' is not available here "
-                               f"(available: {available}){hint}: pick a profile for this machine with hw=<name>")
+    check_provider(profile)
     provider = (profile.provider, {"device_id": _device_id(profile)}) if profile.uses_cuda else profile.provider
     model = str(onnx_path)
     if profile.precision == "fp16":

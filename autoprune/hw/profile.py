@@ -29,7 +29,7 @@ from typing import Optional, Union
 import yaml
 
 from autoprune.errors import ProfileError
-from autoprune.resources import resolve_yaml
+from autoprune.resources import resolve_yaml, yaml_problem
 
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16")
@@ -195,7 +195,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
-        raise ProfileError(f"hardware profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ProfileError(f"hardware profile {path} is not valid YAML ({yaml_problem(exc)}): fix its syntax") from None
     if not isinstance(data, dict):
         raise ProfileError(f"hardware profile {path} must be a YAML mapping of field: value")
     data.setdefault("name", Path(path).stem)

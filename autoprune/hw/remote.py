@@ -43,6 +43,20 @@ def _detail(response) -> str:
         return response.text[:200]
 
 
+def check_agent(profile: HardwareProfile, timeout_s: float = 5.0) -> None:
+    """Raise MeasurementError unless the profile's token is readable and its agent answers /health."""
+    read_token(profile.agent_token)
+    try:
+        import httpx
+    except ImportError:
+        raise MeasurementError("the agent client needs httpx: pip install 'autoprune[agent]'") from None
+    try:
+        httpx.get(profile.agent_url.rstrip("/") + "/health", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise MeasurementError(f"cannot reach the agent at {profile.agent_url} ({type(exc).__name__}): start "
+                               "`python -m autoprune agent` on the device or fix agent_url") from None
+
+
 class RemoteBackend:
     """LatencyBackend that measures on a `python -m autoprune agent` (profile.agent_url)."""
 

@@ -48,6 +48,18 @@ def import_tensorrt():
     return trt
 
 
+def check_tensorrt():
+    """The tensorrt module, once TensorRT and a CUDA build of torch that sees the GPU are both here;
+    MeasurementError naming what to install otherwise."""
+    trt = import_tensorrt()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MeasurementError("TensorRT timing needs a CUDA build of torch that sees the GPU: "
+                               "install one (pip install torch --index-url <CUDA wheel index>)")
+    return trt
+
+
 @dataclass(frozen=True)
 class PrecisionPlan:
     fp16_onnx: bool        # convert the model's weights and arithmetic to fp16 before parsing
@@ -143,12 +155,9 @@ class TensorRTBackend:
         return engine
 
     def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
-        trt = import_tensorrt()
+        trt = check_tensorrt()
         import torch
 
-        if not torch.cuda.is_available():
-            raise MeasurementError("TensorRT timing needs a CUDA build of torch that sees the GPU: "
-                                   "install one (pip install torch --index-url <CUDA wheel index>)")
         device = torch.device(profile.device)
         torch.cuda.set_device(device)
         gpu = torch.cuda.get_device_name(device)

@@ -54,6 +54,13 @@ def cuda_graph(net: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return graph.replay
 
 
+def check_device(profile: HardwareProfile) -> None:
+    """Raise MeasurementError when the profile's device is a GPU this torch cannot see."""
+    if torch.device(profile.device).type == "cuda" and not torch.cuda.is_available():
+        raise MeasurementError(f"profile '{profile.name}' needs CUDA but this torch ({torch.__version__}) sees "
+                               "no GPU: install a CUDA build of torch or pick a CPU profile (hw=cpu-ort-1t)")
+
+
 class TorchBackend:
     """LatencyBackend for torch eager mode; needs the pickled module (ExportedModel.torch_path)."""
 
@@ -62,10 +69,8 @@ class TorchBackend:
         if exported.torch_path is None:
             raise MeasurementError("runtime torch needs the PyTorch module, not only the ONNX file: pass "
                                    "ExportedModel(onnx_path, torch_path) (autoprune.hw.export_model writes both)")
+        check_device(profile)
         device = torch.device(profile.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MeasurementError(f"profile '{profile.name}' needs CUDA but this torch ({torch.__version__}) sees "
-                                   "no GPU: install a CUDA build of torch or pick a CPU profile (hw=cpu-ort-1t)")
         dtype = torch.float16 if profile.precision == "fp16" else torch.float32
         try:
             net = torch.load(exported.torch_path, map_location=device, weights_only=False)

@@ -20,6 +20,22 @@ CONSTRAINTS = {"max_latency_ms": ("latency_ms", 1), "min_accuracy": ("val_accura
                "max_params": ("params", 1), "max_macs": ("macs", 1), "max_onnx_bytes": ("onnx_bytes", 1)}
 
 
+def _bound(name: str, value) -> float:
+    """A constraint's bound as a number in its metric's range (accuracy is a fraction, the rest positive)."""
+    key = f"search.constraints.{name}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key}={value!r} is not a number: give one, or null for no bound")
+    try:
+        bound = float(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a number: give one, or null for no bound") from None
+    if name == "min_accuracy" and not 0.0 <= bound <= 1.0:
+        raise ConfigError(f"{key}={value} is outside [0, 1]: validation accuracy is a fraction, e.g. {key}=0.95")
+    if name != "min_accuracy" and not bound > 0.0:
+        raise ConfigError(f"{key}={value} must be > 0 (or null for no bound)")
+    return bound
+
+
 @dataclass(frozen=True)
 class Objectives:
     names: tuple[str, ...] = ("val_accuracy", "latency_ms")
@@ -37,7 +53,7 @@ class Objectives:
         bad = sorted(set(constraints) - set(CONSTRAINTS))
         if bad:
             raise ConfigError(f"search.constraints: unknown key(s) {bad}; known: {sorted(CONSTRAINTS)}")
-        bounds = tuple((k, float(v)) for k, v in constraints.items() if v is not None)
+        bounds = tuple((k, _bound(k, v)) for k, v in constraints.items() if v is not None)
         return cls(names, bounds)
 
     @property

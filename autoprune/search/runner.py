@@ -31,6 +31,7 @@ from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
 from autoprune.search.pareto import normalized_hypervolume
 from autoprune.search.deadline import deadline
+from autoprune.search.checks import check_search
 from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
@@ -74,13 +75,17 @@ class Search:
             raise ConfigError(f"search.n_trials must be >= 0, got {cfg.search.n_trials}")
         if cfg.search.backend not in ("optuna", "nni"):
             raise ConfigError(f"unknown search.backend '{cfg.search.backend}': choose optuna or nni")
+        check_search(cfg)  # warm start, NNI, measurement runtime: before anything is built or recorded
         self.objectives = Objectives.from_config(cfg.search.objectives, cfg.search.constraints)
         sampler = make_sampler(cfg.search.sampler, int(cfg.seed), int(cfg.search.population_size))
         self.stale = StaleTrialHandler(int(cfg.search.max_retry))
-        self.storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, self.stale)
-        self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+
+        def open_records() -> None:  # after the cheap checks, before the baseline trains: a bad URL fails fast
+            self.storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, self.stale)
+            self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+
+        self.ctx: SearchContext = build_context(cfg, before_baseline=open_records)  # trains the baseline if not cached
         self.stale.on_stale = self._close_stale_run
-        self.ctx: SearchContext = build_context(cfg)        # trains the baseline if not cached
         self.study_name = self.ctx.study_name
         self.study = open_study(self.storage, self.study_name, sampler, self.objectives.directions)
         self.heartbeat = Heartbeat(self.storage, float(cfg.search.heartbeat_s or 0))

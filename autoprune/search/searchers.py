@@ -143,6 +143,13 @@ class NniSearcher(OptunaSearcher):
             self.tuner.trial_end(pid, success=False)
 
 
+def check_nni(tuner: str) -> None:
+    """Raise ConfigError unless `tuner` names an NNI tuner and NNI is installed (builds one and drops it)."""
+    if tuner not in NNI_TUNERS:
+        raise ConfigError(f"unknown search.nni.tuner '{tuner}': choose one of {list(NNI_TUNERS)}")
+    _nni_tuner(tuner, 0)
+
+
 def _plain(value):
     """numpy scalars -> Python numbers, recursively through dicts."""
     if isinstance(value, dict):

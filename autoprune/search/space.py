@@ -37,7 +37,7 @@ from autoprune.errors import ConfigError
 from autoprune.plan import DEFAULT_BLOCK, DEFAULT_NM, MASK_PATTERNS, PATTERNS, GroupPlan, PrunePlan
 from autoprune.prune.importance import IMPORTANCES
 from autoprune.prune.saliency import CHANNEL_ONLY
-from autoprune.resources import resolve_yaml
+from autoprune.resources import resolve_yaml, yaml_problem
 
 PARAM_PREFIX = "ratio."
 PATTERN_PREFIX = "pattern."
@@ -271,6 +271,10 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
         raise ConfigError(f"{where}: a tie name equals a group name: rename the tie")
     importance = data.get("importance", default_importance)
     importances = tuple(importance) if isinstance(importance, (list, tuple)) else (str(importance),)
+    unknown_importance = [i for i in importances if i not in IMPORTANCES]
+    if unknown_importance:
+        source = f"{where} importance" if "importance" in data else "prune.importance"
+        raise ConfigError(f"{source} {unknown_importance} unknown: choose from {sorted(IMPORTANCES)}")
     transformer = sorted({kinds[g] for d in dims for g in d.groups} & {"heads", "ffn"})
     channel_only = [i for i in importances if i in CHANNEL_ONLY]
     if transformer and channel_only:
@@ -291,5 +295,5 @@ def load_space(name_or_path: str, all_groups: Sequence, default_importance: str 
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"search space {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"search space {path} is not valid YAML ({yaml_problem(exc)}): fix its syntax") from None
     return build_space(data, all_groups, default_importance, where=f"search space {path}", defaults=defaults)

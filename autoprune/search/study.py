@@ -33,7 +33,8 @@ def open_storage(url: str, heartbeat_s: Optional[int] = None,
         return optuna.storages.get_storage(url)
     except Exception as exc:
         first = first_line(exc)
-        raise ConfigError(f"cannot open search.storage '{url}': {first}") from None
+        raise ConfigError(f"cannot open search.storage '{url}': {first} (start the database server or fix "
+                          "search.storage, e.g. search.storage=sqlite:///autoprune.db)") from None
 
 
 def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: optuna.samplers.BaseSampler,
@@ -55,5 +56,6 @@ def find_study(storage: optuna.storages.BaseStorage, url: str, study_name: str |
                               if names else f"no study in {url}: run a search first or fix search.storage")
         study_name = names[0]
     elif study_name not in names:
-        raise ConfigError(f"no study '{study_name}' in {url}; studies there: {names}")
+        raise ConfigError(f"no study '{study_name}' in {url}: set search.study_name to one of {names}"
+                          if names else f"no study '{study_name}' in {url}: run a search first or fix search.storage")
     return optuna.load_study(study_name=study_name, storage=storage)

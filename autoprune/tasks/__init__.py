@@ -37,8 +37,9 @@ def _instantiate(node: Any, what: str) -> Any:
     except InstantiationException as exc:
         if isinstance(exc.__cause__, AutopruneError):  # the factory's own, clearer message
             raise exc.__cause__ from None
-        reason = first_line(exc)
-        raise ConfigError(f"task.{what}._target_={target} failed: {reason}") from None
+        reason = first_line(exc).split(", set env var HYDRA_FULL_ERROR")[0]  # that hint is Hydra's, not ours
+        raise ConfigError(f"task.{what}._target_={target} failed: {reason}: set it to an importable class or "
+                          f"function (package.module.name) and check its arguments under task.{what}") from None
 
 
 def build_task(cfg: DictConfig) -> Task:

@@ -53,10 +53,26 @@ ONNX_MODEL_ID = "autoprune.onnx_model_id"
 TORCH_MODEL_ID = "autoprune.pytorch_model_id"
 
 
+def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """A tracking server that does not answer fails in seconds here, instead of after the minutes of
+    retries MLflow's HTTP client spends on every call."""
+    if not str(uri).startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{str(uri).rstrip('/')}/health", timeout=timeout_s)  # any answer means it is up
+    except requests.RequestException as exc:
+        raise ConfigError(f"MLflow tracking server {uri} does not answer ({type(exc).__name__}): start it "
+                          f"(mlflow server --host <host> --port <port>) or fix tracking.uri, "
+                          "e.g. tracking.uri=sqlite:///mlflow.db") from None
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
+        _check_reachable(uri)
         try:
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
