@@ -97,8 +97,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"autoprune: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("autoprune: interrupted: finished trials are kept; run the same command again to resume",
-              file=sys.stderr)
+        resume = ": finished trials are kept; run the same command again to resume" if cfg.mode == "search" else ""
+        print(f"autoprune: interrupted{resume}", file=sys.stderr)
         sys.exit(130)
 
 

@@ -59,22 +59,25 @@ def build_context(cfg: DictConfig, before_baseline: Optional[Callable[[], None]]
     profile = load_profile(cfg.hw)
     backend = get_backend(profile, cache_dir=Path(cfg.cache_dir))
     task = build_task(cfg.task)
-    if needs_training(task, Path(cfg.cache_dir)):
-        _assemble(cfg, profile, backend, task, task.make_model().eval())
+    trains = needs_training(task, Path(cfg.cache_dir))
+    if trains:
+        _assemble(cfg, profile, backend, task, task.make_model().eval(), check_export=True)
     if before_baseline is not None:
         before_baseline()
     baseline, origin = load_baseline(task, Path(cfg.cache_dir))
-    groups, space, evaluator = _assemble(cfg, profile, backend, task, baseline)
+    groups, space, evaluator = _assemble(cfg, profile, backend, task, baseline, check_export=not trains)
     return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator)
 
 
-def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task: Task,
-              model: nn.Module) -> tuple[list[PrunableGroup], SearchSpace, CandidateEvaluator]:
-    """Groups, search space and evaluator for `model`, after checking it takes the data's inputs and
-    exports to ONNX. Nothing here depends on the weights, so an untrained model checks it all."""
+def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task: Task, model: nn.Module,
+              check_export: bool) -> tuple[list[PrunableGroup], SearchSpace, CandidateEvaluator]:
+    """Groups, search space and evaluator for `model`, after checking it takes the data's inputs (and,
+    with `check_export`, exports to ONNX: once per context). Nothing here depends on the weights, so
+    an untrained model checks it all."""
     example = task.data.example_batch(profile.batch_size)
     _check_inputs(model, example)
-    _check_exportable(model, example)
+    if check_export:
+        _check_exportable(model, example)
     ignore = list(dict.fromkeys([*cfg.prune.ignore, *output_layers(model, example)]))
     pruner = make_pruner(model, example, ignore, profile.round_to)  # channels, or heads/FFN of BERT-style models
     groups = pruner.groups(model)

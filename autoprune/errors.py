@@ -30,3 +30,11 @@ def first_line(exc: BaseException) -> str:
     one-line error reports."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def few(items: list, limit: int = 10) -> str:
+    """`items` for a one-line error message: all of a short list, the first `limit` and a count otherwise."""
+    items = list(items)
+    if len(items) <= limit:
+        return str(items)
+    return f"[{', '.join(map(repr, items[:limit]))}, ... ({len(items) - limit} more)]"

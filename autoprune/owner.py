@@ -1,14 +1,18 @@
 """Which process owns a running trial or run, and whether that process is certainly gone.
 
 A worker killed with kill -9 leaves its trial RUNNING in Optuna and its runs RUNNING in MLflow.
-Everything a search starts is stamped `host:pid:start` (start = the process's start time, so a
-recycled pid is not mistaken for the original); the next search on the same host closes what a
-dead owner left behind at once, without waiting for heartbeats to go stale.
+Everything a search starts is stamped `host/ns:pid:start` (ns = the PID namespace, so containers
+that share a host name but not their processes never judge each other's; start = the process's
+start time, so a recycled pid is not mistaken for the original); the next search on the same host
+and namespace closes what a dead owner left behind at once, without waiting for heartbeats to go
+stale.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -27,20 +31,34 @@ def _start_ticks(pid: int) -> str | None:
     return fields[19] if fields else None
 
 
+def _machine() -> str:
+    """`host/ns`: the host name and the PID namespace (processes this one can see and signal)."""
+    try:
+        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))  # 'pid:[4026531836]'
+    except OSError:
+        namespace = "-"
+    return f"{socket.gethostname()}/{namespace}"
+
+
+@functools.lru_cache(maxsize=None)
+def _owner(pid: int) -> str:
+    return f"{_machine()}:{pid}:{_start_ticks(pid) or '-'}"
+
+
 def process_owner() -> str:
-    """This process as `host:pid:start`."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid()) or '-'}"
+    """This process as `host/ns:pid:start` (computed once per process; a forked child gets its own)."""
+    return _owner(os.getpid())
 
 
 def owner_is_dead(owner: str | None) -> bool:
-    """True only when `owner` is a process of this host that is certainly gone; a process of another
-    host (or an unknown owner) is left to the heartbeat."""
+    """True only when `owner` is a process of this host and PID namespace that is certainly gone; a
+    process of another host or container (or an unknown owner) is left to the heartbeat."""
     try:
-        host, pid_text, start = (owner or "").rsplit(":", 2)
+        machine, pid_text, start = (owner or "").rsplit(":", 2)
         pid = int(pid_text)
     except ValueError:
         return False
-    if host != socket.gethostname():
+    if machine != _machine():
         return False
     try:
         os.kill(pid, 0)

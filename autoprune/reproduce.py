@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from autoprune.context import build_context
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, few
 from autoprune.search.existing import load_existing, study_config
 from autoprune.plan import PrunePlan
 
@@ -47,8 +47,8 @@ def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
     if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
         done = sorted(n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE)
         fix = "set reproduce.trial to one of them" if done else "run the search first"
-        raise ConfigError(f"trial {number} of study '{study.study_name}' did not complete; completed trials: {done}: "
-                          f"{fix}")
+        raise ConfigError(f"trial {number} of study '{study.study_name}' did not complete; completed trials: "
+                          f"{few(done)}: {fix}")
     stored = study_config(study)
     ctx = build_context(stored)
     plan = PrunePlan.from_dict(trial.user_attrs["plan"])

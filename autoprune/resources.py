@@ -24,16 +24,15 @@ def resolve_yaml(kind: str, name_or_path: str) -> Path:
     """A shipped YAML by name (`cpu-ort-1t`) in folder `kind`, or any YAML file by path."""
     path = Path(name_or_path).expanduser()
     folder = resource_dir(kind)
-    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    shipped = lambda: ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))  # noqa: E731 (for errors only)
     if path.suffix in {".yaml", ".yml"} or path.parent != Path("."):
         if path.is_file():
             return path
         raise ConfigError(f"{kind} file not found: {path} (relative to {Path.cwd()}): fix the path "
-                          f"or use a shipped name, one of [{names}]")
-    shipped = folder / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    raise ConfigError(f"unknown {kind} '{name_or_path}': choose one of [{names}] or give a path to a YAML file")
+                          f"or use a shipped name, one of [{shipped()}]")
+    if (folder / f"{name_or_path}.yaml").is_file():
+        return folder / f"{name_or_path}.yaml"
+    raise ConfigError(f"unknown {kind} '{name_or_path}': choose one of [{shipped()}] or give a path to a YAML file")
 
 
 def yaml_problem(exc: Exception) -> str:

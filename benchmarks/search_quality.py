@@ -1,35 +1,48 @@
 """Search quality at equal trial budget on the default task: hypervolume and best speedup per method.
 
     python benchmarks/search_quality.py [--trials 24] [--seeds 0 1 2] [--methods tpe nsga2 random uniform flops]
+                                        [--workdir DIR]
 
 Every method runs the default search (digits ResNet, cpu-ort-1t) with the same budget, in one
-process, sharing one cached baseline; each run re-measures the baseline, so latencies are compared
-as ratios. Methods: tpe / nsga2 / random / gp / qmc (Optuna samplers, objectives val accuracy and
-measured latency), uniform (same ratio everywhere, the baseline sweep), flops (TPE with objectives
-val accuracy and MACs: a FLOPs-proxy search, its models measured afterwards like all others),
-nni-tpe (NNI's TPE tuner on the scalarised objective). All trials are evaluated on the test split.
+process, sharing one cached baseline. Methods: tpe / nsga2 / random / gp / qmc (Optuna samplers,
+objectives val accuracy and measured latency), uniform (same ratio everywhere, the baseline sweep),
+flops (TPE with objectives val accuracy and MACs: a FLOPs-proxy search), nni-tpe (NNI's TPE tuner on
+the scalarised objective). All trials are evaluated on the test split.
 
-Columns: HV val / HV test = normalised hypervolume of (accuracy, measured latency) within 10 points
-of the baseline accuracy (autoprune.search.pareto.normalized_hypervolume); best speedup at <=1 pt
-test drop = max baseline latency / latency over trials whose test accuracy is within 1 point of the
-baseline's; wall = seconds for the whole search. The row "union" pools every method's trials of a
-seed (latencies as ratios to each run's own baseline): the front all methods together found, an
-upper reference for what any one search of this budget could reach.
+Side by side: a search sees the latencies it measured itself, but comparing searches that ran minutes
+apart on a shared machine would compare the machine's moods (the baseline alone drifted 30 % between
+runs here). So after the searches of a seed, every trial's ONNX model of every method and the
+baseline are measured again in one pass, in shuffled order, `--rounds` times (the baseline after
+every 8 models); each model's latency is the median of its rounds, and all ratios are to the
+baseline's median over the pass. The tables use these latencies.
+
+Columns: HV val / HV test = normalised hypervolume of (accuracy, latency ratio) within 10 points of
+the baseline accuracy (autoprune.search.pareto.normalized_hypervolume); best x = max speedup over
+trials within 1 point of the baseline's val / test accuracy; wall = first trial start to last trial
+end. The row "union" pools every method's trials of a seed: the front all methods together found,
+an upper reference for what any one search of this budget could reach.
+
+With --workdir, a finished search is not run again (its study's budget is spent; see README,
+"Crash and resume"): the side-by-side pass can be redone on the same models.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import random
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+from autoprune.baseline import load_baseline
 from autoprune.cli import _quiet_libraries, run
+from autoprune.hw import ExportedModel, export_onnx, get_backend, load_profile
 from autoprune.recover import evaluate
 from autoprune.resources import resource_dir
 from autoprune.search.pareto import normalized_hypervolume
@@ -48,43 +61,74 @@ METHODS = {
 
 
 def one_search(workdir: Path, method: str, seed: int, trials: int, extra: list[str]) -> dict:
+    """Run (or find finished) one search; its trials as (val acc, test acc, ONNX file)."""
     overrides = [*METHODS[method], f"seed={seed}", f"search.n_trials={trials}",
                  f"search.study_name={method}-s{seed}", f"search.storage=sqlite:///{workdir / 'optuna.db'}",
                  f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"cache_dir={workdir / 'cache'}", *extra]
     with initialize_config_dir(config_dir=str(resource_dir("conf")), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     out = workdir / f"{method}-s{seed}"
-    start = time.perf_counter()
     outcome = run(cfg, out)
-    wall = time.perf_counter() - start
     test = build_task(cfg.task).data.test
-    base = outcome.report.baseline
     rows = []
     for c in outcome.report.trials:
-        model = torch.load(out / "trials" / f"{c.trial:04d}" / "model.pt", map_location="cpu", weights_only=False)
-        rows.append((c.val_accuracy, evaluate(model, test), c.latency_ms))
-    val_hv = normalized_hypervolume([(v, lat) for v, _, lat in rows], base.val_accuracy, base.latency_ms)
-    test_hv = normalized_hypervolume([(t, lat) for _, t, lat in rows], base.test_accuracy, base.latency_ms)
-    ok = [base.latency_ms / lat for _, t, lat in rows if t >= base.test_accuracy - 0.01]
-    val_ok = [base.latency_ms / lat for v, _, lat in rows if v >= base.val_accuracy - 0.01]
-    return {"method": method, "seed": seed, "hv_val": val_hv, "hv_test": test_hv,
-            "best_test": max(ok, default=float("nan")), "best_val": max(val_ok, default=float("nan")),
-            "wall": wall, "base_ms": base.latency_ms, "base_test": base.test_accuracy, "base_val": base.val_accuracy,
-            "points": [(v, t, lat / base.latency_ms) for v, t, lat in rows]}
+        folder = out / "trials" / f"{c.trial:04d}"
+        model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)
+        rows.append((c.val_accuracy, evaluate(model, test), folder / "model.onnx"))
+    done = [t for t in optuna.load_study(study_name=f"{method}-s{seed}", storage=cfg.search.storage).trials
+            if t.datetime_start and t.datetime_complete]
+    wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    base = outcome.report.baseline
+    return {"method": method, "seed": seed, "cfg": cfg, "rows": rows, "wall": wall, "own_base_ms": base.latency_ms,
+            "base_val": base.val_accuracy, "base_test": base.test_accuracy}
 
 
-def union(results: list[dict], seed: int) -> dict:
-    """All methods' trials of one seed as one pool (latency as a ratio to each run's baseline)."""
-    runs = [x for x in results if x["seed"] == seed]
-    points = [p for x in runs for p in x["points"]]
-    base_val, base_test = runs[0]["base_val"], runs[0]["base_test"]
-    return {"method": "union", "seed": seed,
-            "hv_val": normalized_hypervolume([(v, r) for v, _, r in points], base_val, 1.0),
+def side_by_side(runs: list[dict], rounds: int, seed: int) -> tuple[dict[Path, float], list[float]]:
+    """Median latency of every run's ONNX models and the baseline's measurements, from one pass."""
+    cfg: DictConfig = runs[0]["cfg"]
+    profile, task = load_profile(cfg.hw), build_task(cfg.task)
+    measurer = get_backend(profile)
+    baseline, _ = load_baseline(task, Path(cfg.cache_dir))
+    models = [path for r in runs for _, _, path in r["rows"]]
+    times: dict[Path, list[float]] = {path: [] for path in models}
+    base_ms: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base_onnx = export_onnx(baseline, task.data.example_batch(profile.batch_size), Path(tmp) / "baseline.onnx")
+        measure = lambda path: measurer.measure(ExportedModel(path), profile, fresh=True).median_ms  # noqa: E731
+        order = random.Random(seed)
+        for _ in range(rounds):
+            order.shuffle(models)
+            for i, path in enumerate(models):
+                if i % 8 == 0:
+                    base_ms.append(measure(base_onnx))
+                times[path].append(measure(path))
+            base_ms.append(measure(base_onnx))
+    return {path: float(np.median(t)) for path, t in times.items()}, base_ms
+
+
+def scores(points: list[tuple[float, float, float]], base_val: float, base_test: float) -> dict:
+    """HV and best speedups of (val acc, test acc, latency ratio to the baseline) points."""
+    return {"hv_val": normalized_hypervolume([(v, r) for v, _, r in points], base_val, 1.0),
             "hv_test": normalized_hypervolume([(t, r) for _, t, r in points], base_test, 1.0),
             "best_val": max((1 / r for v, _, r in points if v >= base_val - 0.01), default=float("nan")),
-            "best_test": max((1 / r for _, t, r in points if t >= base_test - 0.01), default=float("nan")),
-            "wall": sum(x["wall"] for x in runs), "base_ms": runs[0]["base_ms"], "base_test": base_test}
+            "best_test": max((1 / r for _, t, r in points if t >= base_test - 0.01), default=float("nan"))}
 
+
+def score_seed(runs: list[dict], rounds: int, seed: int) -> list[dict]:
+    """One result per run of this seed, plus the union row, all on the side-by-side latencies."""
+    latency, base_ms = side_by_side(runs, rounds, seed)
+    base = float(np.median(base_ms))
+    spread = 100 * (max(base_ms) - min(base_ms)) / base
+    print(f"seed {seed}: side by side, baseline {base:.3f} ms (spread of its {len(base_ms)} measurements "
+          f"{spread:.1f} %); each search's own baseline: "
+          + ", ".join(f"{r['method']} {r['own_base_ms']:.3f}" for r in runs), flush=True)
+    results = []
+    for r in [*runs, {"method": "union", "rows": [row for r in runs for row in r["rows"]],
+                      "wall": sum(r["wall"] for r in runs)}]:
+        points = [(v, t, latency[path] / base) for v, t, path in r["rows"]]
+        results.append({"method": r["method"], "seed": seed, "wall": r["wall"], "base_ms": base,
+                        **scores(points, runs[0]["base_val"], runs[0]["base_test"])})
+    return results
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -94,13 +138,18 @@ def main() -> None:
                         choices=sorted(METHODS))
     parser.add_argument("--workdir", type=Path, default=None, help="keep results here (default: a temp dir)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every search")
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side measurements of every model")
     args = parser.parse_args()
     logging.getLogger("autoprune").setLevel(logging.WARNING)
     _quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
-        results = [one_search(workdir, m, s, args.trials, args.override) for s in args.seeds for m in args.methods]
-    results += [union(results, s) for s in args.seeds]
+        results = []
+        for s in args.seeds:
+            runs = [one_search(workdir, m, s, args.trials, args.override) for m in args.methods]
+            for x in score_seed(runs, args.rounds, s):
+                results.append(x)
+                print(f"done: {_run_line(x)}", flush=True)  # a cut-off run keeps what it measured
     print(f"\n{args.trials} trials per search, seeds {args.seeds}; mean ± std over seeds")
     print(f"{'method':10} {'HV val':>14} {'HV test':>14} {'best x (val<=1pt)':>18} {'best x (test<=1pt)':>19} {'wall s':>8}")
     for m in [*args.methods, "union"]:
@@ -119,9 +168,12 @@ def main() -> None:
             print(f"  {m:10} {ratio('hv_val'):.3f} / {ratio('hv_test'):.3f}")
     print("\nper run:")
     for x in results:
-        print(f"  {x['method']:10} seed {x['seed']}: HV val {x['hv_val']:.3f}, HV test {x['hv_test']:.3f}, best x val "
-              f"{x['best_val']:.2f}, test {x['best_test']:.2f} (baseline {x['base_ms']:.3f} ms, test acc "
-              f"{100 * x['base_test']:.2f} %), {x['wall']:.0f} s")
+        print(f"  {_run_line(x)}")
+
+
+def _run_line(x: dict) -> str:
+    return (f"{x['method']:10} seed {x['seed']}: HV val {x['hv_val']:.3f}, HV test {x['hv_test']:.3f}, best x val "
+            f"{x['best_val']:.2f}, test {x['best_test']:.2f} (baseline {x['base_ms']:.3f} ms), {x['wall']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Catalogue of bad input, as users meet it: the real CLI in a subprocess, one case per mistake.
+"""Catalogue of bad input, as users meet it: the real CLI in a process of its own (forked from an
+interpreter that has the imports loaded, see forked_cli.py), one case per mistake.
 
 Every case must end the same way: exit status 2, exactly one `autoprune: error: ...` line on stderr
 that says what is wrong and names the fix, no traceback, and nothing half-written (no Optuna study,
@@ -10,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -23,6 +22,7 @@ import torch
 from autoprune.cli import MODES
 from autoprune.tasks.models import resnet_small
 from conftest import FAST
+from forked_cli import ForkedCli, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -227,16 +227,23 @@ def base_args(tmp: Path, digits: bool) -> list[str]:
             f"cache_dir={tmp / 'cache'}"]
 
 
-def run_cli(c: Case, tmp: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def cli():
+    server = ForkedCli()
+    yield server
+    server.close()
+
+
+def run_cli(cli: ForkedCli, c: Case, tmp: Path) -> Result:
+    """`python -m autoprune <mode> <base args> <case args>` as a fresh process in tmp (forked_cli.py)."""
     args = [a.replace("{tmp}", str(tmp)) for a in c.args]
     head = args[:1] if args and args[0] in MODES else []   # a mode word must come first
     extra = {k: v.replace("{tmp}", str(tmp)) for k, v in c.env.items()}
     env = {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(filter(None, [extra.get("PYTHONPATH"), str(TESTS)]))}
-    return subprocess.run([sys.executable, "-m", "autoprune", *head, *base_args(tmp, c.digits), *args[len(head):]],
-                          cwd=tmp, capture_output=True, text=True, timeout=300, env=env)
+    return cli.run([*head, *base_args(tmp, c.digits), *args[len(head):]], cwd=tmp, env=env)
 
 
-def assert_one_clear_line(result: subprocess.CompletedProcess, expect: tuple[str, ...]) -> None:
+def assert_one_clear_line(result: Result, expect: tuple[str, ...]) -> None:
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("autoprune: error:")]
@@ -261,11 +268,11 @@ def assert_nothing_half_written(tmp: Path, studies: tuple[str, ...] = ()) -> Non
 
 
 @pytest.mark.parametrize("c", CASES)
-def test_bad_input_gives_one_clear_line_and_leaves_nothing_behind(tmp_path, c: Case):
+def test_bad_input_gives_one_clear_line_and_leaves_nothing_behind(cli, tmp_path, c: Case):
     for name, content in c.files.items():
         path = tmp_path / name
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     studies = c.setup(tmp_path) if c.setup else ()
-    result = run_cli(c, tmp_path)
+    result = run_cli(cli, c, tmp_path)
     assert_one_clear_line(result, c.expect)
     assert_nothing_half_written(tmp_path, studies)

@@ -23,11 +23,11 @@ CONSTRAINTS = {"max_latency_ms": ("latency_ms", 1), "min_accuracy": ("val_accura
 def _bound(name: str, value) -> float:
     """A constraint's bound as a number in its metric's range (accuracy is a fraction, the rest positive)."""
     key = f"search.constraints.{name}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{key}={value!r} is not a number: give one, or null for no bound")
     try:
+        if isinstance(value, bool):
+            raise TypeError
         bound = float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r} is not a number: give one, or null for no bound") from None
     if name == "min_accuracy" and not 0.0 <= bound <= 1.0:
         raise ConfigError(f"{key}={value} is outside [0, 1]: validation accuracy is a fraction, e.g. {key}=0.95")

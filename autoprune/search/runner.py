@@ -6,7 +6,6 @@ candidate → Optuna tell → MLflow) → Pareto set → test-split evaluation �
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -37,7 +36,7 @@ from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
 from autoprune.search.workers import (INTERRUPTED_ATTR, Heartbeat, StaleTrialHandler, budget_used, claim,
-                                      fail_orphaned_trials, study_lock)
+                                      fail_orphaned_trials, shared_lock)
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER,
                                             TrackingError)
@@ -95,9 +94,10 @@ class Search:
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
         cfg, ctx = self.cfg, self.ctx
-        self._close_orphans()
-        with study_lock(cfg.search.storage, self.study_name) if cfg.search.run_name else contextlib.nullcontext():
-            if not self.study.trials:  # workers of a run group enqueue the warm start once
+        # One starting worker at a time: a dead process's trials are retried once, the warm start enqueued once.
+        with shared_lock(cfg.search.storage, self.study_name, cfg.search.run_name):
+            self._close_orphans()
+            if not self.study.trials:
                 warm = [ctx.space.uniform(float(ratio)) for ratio in cfg.search.warm_start]
                 if ctx.space.has_group_ranges:  # a sensitivity prior: each group at its own limit
                     warm.append(ctx.space.upper())

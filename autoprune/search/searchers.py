@@ -99,7 +99,7 @@ class NniSearcher(OptunaSearcher):
                  baseline_latency_ms: float):
         super().__init__(study)
         if tuner not in NNI_TUNERS:
-            raise ConfigError(f"unknown search.nni.tuner '{tuner}': choose one of {list(NNI_TUNERS)}")
+            raise ConfigError(_unknown_tuner(tuner))
         self.space, self.weight, self.baseline_ms = space, speedup_weight, baseline_latency_ms
         self.tuner = _nni_tuner(tuner, seed)
         nni_space = {d.param: {"_type": "quniform", "_value": [d.range.low, d.range.high, d.range.step]}
@@ -146,8 +146,12 @@ class NniSearcher(OptunaSearcher):
 def check_nni(tuner: str) -> None:
     """Raise ConfigError unless `tuner` names an NNI tuner and NNI is installed (builds one and drops it)."""
     if tuner not in NNI_TUNERS:
-        raise ConfigError(f"unknown search.nni.tuner '{tuner}': choose one of {list(NNI_TUNERS)}")
+        raise ConfigError(_unknown_tuner(tuner))
     _nni_tuner(tuner, 0)
+
+
+def _unknown_tuner(tuner: str) -> str:
+    return f"unknown search.nni.tuner '{tuner}': choose one of {list(NNI_TUNERS)}"
 
 
 def _plain(value):

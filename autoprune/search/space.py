@@ -92,9 +92,6 @@ class SearchSpace:
         if not self.dimensions:
             raise ConfigError("the search space is empty: no prunable group is searched "
                               "(check groups/exclude in the search space and prune.ignore)")
-        bad = [i for i in self.importances if i not in IMPORTANCES]
-        if bad or not self.importances:
-            raise ConfigError(f"search space importance {bad or '[]'} unknown: choose from {sorted(IMPORTANCES)}")
         for d in self.dimensions:
             wrong = [p for p in d.patterns if p not in PATTERNS]
             if wrong or not d.patterns:
@@ -272,9 +269,9 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
     importance = data.get("importance", default_importance)
     importances = tuple(importance) if isinstance(importance, (list, tuple)) else (str(importance),)
     unknown_importance = [i for i in importances if i not in IMPORTANCES]
-    if unknown_importance:
+    if unknown_importance or not importances:
         source = f"{where} importance" if "importance" in data else "prune.importance"
-        raise ConfigError(f"{source} {unknown_importance} unknown: choose from {sorted(IMPORTANCES)}")
+        raise ConfigError(f"{source} {unknown_importance or '[]'} unknown: choose from {sorted(IMPORTANCES)}")
     transformer = sorted({kinds[g] for d in dims for g in d.groups} & {"heads", "ffn"})
     channel_only = [i for i in importances if i in CHANNEL_ONLY]
     if transformer and channel_only:

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import optuna
 from sqlalchemy.engine import make_url
 
-from autoprune.errors import ConfigError, first_line
+from autoprune.errors import ConfigError, few, first_line
 
 def _check_storage(url: str) -> str:
     try:
@@ -52,10 +52,10 @@ def find_study(storage: optuna.storages.BaseStorage, url: str, study_name: str |
     names = optuna.get_all_study_names(storage)
     if study_name is None:
         if len(names) != 1:
-            raise ConfigError(f"{len(names)} studies in {url} ({names}): choose one with search.study_name=<name>"
+            raise ConfigError(f"{len(names)} studies in {url} ({few(names)}): choose one with search.study_name=<name>"
                               if names else f"no study in {url}: run a search first or fix search.storage")
         study_name = names[0]
     elif study_name not in names:
-        raise ConfigError(f"no study '{study_name}' in {url}: set search.study_name to one of {names}"
+        raise ConfigError(f"no study '{study_name}' in {url}: set search.study_name to one of {few(names)}"
                           if names else f"no study '{study_name}' in {url}: run a search first or fix search.storage")
     return optuna.load_study(study_name=study_name, storage=storage)

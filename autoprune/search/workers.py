@@ -8,7 +8,7 @@ one storage run exactly that many, none twice. Workers with the same `search.run
 one MLflow parent run.
 
 A dead worker's trial is found two ways: each running trial records its owner process
-(`host:pid:start`), so a worker on the same host fails the trials of a dead process at once;
+(`host/ns:pid:start`), so a worker on the same host fails the trials of a dead process at once;
 across hosts, a running trial records a heartbeat and goes stale after `4 × search.heartbeat_s`.
 Either way the trial is marked failed, its MLflow run KILLED, and it is retried up to
 `search.max_retry` times; a trial failed that way does not count against the budget.
@@ -31,7 +31,7 @@ from autoprune.errors import ConfigError
 from autoprune.owner import owner_is_dead, process_owner
 
 GROUP_ATTR = "run_group"
-OWNER_ATTR = "owner"          # user attr of a running trial: its process, host:pid:start
+OWNER_ATTR = "owner"          # user attr of a running trial: its process, host/ns:pid:start
 INTERRUPTED_ATTR = "interrupted"
 
 
@@ -67,6 +67,12 @@ def supports_lock(url: str) -> bool:
     return make_url(url).get_backend_name() in ("sqlite", "postgresql")
 
 
+def shared_lock(url: str, study_name: str, group: Optional[str]) -> contextlib.AbstractContextManager:
+    """The study lock wherever workers may share the study (a lockable storage, or a run group, which
+    then needs one); no lock on in-memory storages, which one process owns."""
+    return study_lock(url, study_name) if group or supports_lock(url) else contextlib.nullcontext()
+
+
 def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Running and finished trials count; a trial whose worker died or was interrupted does not
     (its retry does)."""
@@ -88,8 +94,7 @@ def claim(study: optuna.Study, url: str, group: Optional[str], budget: int,
           ask: Callable[[], optuna.Trial]) -> Optional[optuna.Trial]:
     """`ask()` for the next trial of `group` (None: the whole study) if its budget allows, recording
     this process as the trial's owner; None when the budget is spent."""
-    lock = study_lock(url, study.study_name) if group or supports_lock(url) else contextlib.nullcontext()
-    with lock:
+    with shared_lock(url, study.study_name, group):
         if budget_used(study, group) >= budget:
             return None
         trial = ask()

@@ -107,9 +107,9 @@ class Tracker:
         """Runs of `study` left RUNNING by a process of this host that is gone (kill -9, OOM, power
         loss): tagged failed and ended KILLED. A group's shared parent run is left to its live workers.
         Returns their run ids."""
-        running = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'",
-            max_results=50000)
+        running = _retry(
+            self.client.search_runs, [self.experiment_id],
+            filter_string=f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'", max_results=50000)
         closed = []
         for run in running:
             tags = run.data.tags
@@ -122,9 +122,9 @@ class Tracker:
         return closed
 
     def _group_runs(self, study: str, group: str) -> list:
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'search' and tags.`{STUDY}` = '{study}' "
-                                                f"and tags.`{GROUP}` = '{group}'",
+        return _retry(
+            self.client.search_runs, [self.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'search' and tags.`{STUDY}` = '{study}' and tags.`{GROUP}` = '{group}'",
             order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1000)
 
     def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
