@@ -200,9 +200,11 @@ def test_backends_objectives_and_constraints_end_to_end(make_cfg, tmp_path, over
 
 
 def test_early_stop_prunes_a_candidate_trailing_a_faster_one(make_cfg, tmp_path):
-    # trial 0 prunes 85 % everywhere (fast); trial 1 prunes nothing (slower); a margin of -1 makes
-    # "trails by more than -1" true whatever the accuracies -> trial 1 stops after its first epoch.
-    outcome = run(make_cfg("search.n_trials=2", "search.warm_start=[0.85,0.0]", "recover.epochs=2",
+    # trial 0 prunes 85 % everywhere (fast); trial 1 prunes nothing (slower: wide layers, so that the
+    # order holds however noisy the machine); a margin of -1 makes "trails by more than -1" true
+    # whatever the accuracies -> trial 1 stops after its first epoch.
+    outcome = run(make_cfg("task.model.widths=[32,64,128]", "search.n_trials=2", "search.warm_start=[0.85,0.0]",
+                           "recover.epochs=2",
                            "search.early_stop.enabled=true", "search.early_stop.margin=-1.0"), tmp_path / "out")
     study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     first, second = study.trials
