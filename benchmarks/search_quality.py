@@ -22,6 +22,12 @@ trials within 1 point of the baseline's val / test accuracy; wall = first trial 
 end. The row "union" pools every method's trials of a seed: the front all methods together found,
 an upper reference for what any one search of this budget could reach.
 
+Other tasks: --override applies Hydra overrides to every search, e.g. the 25-group MobileNetV2 run of
+docs/BENCHMARKS.md:
+
+    python benchmarks/search_quality.py --methods tpe uniform flops --workdir DIR \
+        --override task.model._target_=autoprune.tasks.zoo.mobilenet_v2 '~task.model.widths' '~task.model.blocks'
+
 With --workdir, a finished search is not run again (its study's budget is spent; see README,
 "Crash and resume"): the side-by-side pass can be redone on the same models.
 """
