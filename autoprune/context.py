@@ -43,11 +43,14 @@ class SearchContext:
         """`search.study_name`, or a name derived from everything that makes trials comparable."""
         if self.cfg.search.study_name:
             return str(self.cfg.search.study_name)
+        constraints = OmegaConf.to_container(self.cfg.search.constraints, resolve=True)
+        if constraints.get("max_accuracy_drop", 0) is None:  # added later: studies that don't set it keep their names
+            del constraints["max_accuracy_drop"]
         spec = json.dumps([self.task.key, self.profile.digest(), self.space.describe(),
                            OmegaConf.to_container(self.cfg.recover, resolve=True),
                            OmegaConf.to_container(self.cfg.prune, resolve=True),
                            OmegaConf.to_container(self.cfg.search.objectives, resolve=True),
-                           OmegaConf.to_container(self.cfg.search.constraints, resolve=True)], sort_keys=True)
+                           constraints], sort_keys=True)
         return f"{self.task.name}-{self.profile.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 

@@ -125,6 +125,8 @@ CASES = [
          id="unknown-objective"),
     case("search.constraints.min_accuracy=1.5", expect=("min_accuracy=1.5 is outside [0, 1]", "=0.95"),
          id="constraint-out-of-range"),
+    case("search.constraints.max_accuracy_drop=5", expect=("max_accuracy_drop=5 is outside [0, 1]", "=0.01 for 1 point"),
+         id="accuracy-drop-out-of-range"),
     case("search.warm_start=[1.5]", expect=("search.warm_start ratio 1.5 is outside [0, 1)", "[0.25,0.5]"),
          id="warm-start-ratio-out-of-range"),
     # -- hardware profile ----------------------------------------------------------------------------

@@ -8,8 +8,10 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
 
 from autoprune.cli import run
+from autoprune.context import build_context
 from autoprune.errors import ExportError, MeasurementError, PruningError
 from autoprune.search.pareto import non_dominated
 
@@ -185,6 +187,7 @@ def test_own_model_data_and_checkpoint(make_cfg, tmp_path):
     ["search.backend=nni", "search.nni.tuner=evolution"],
     ["search.sampler=uniform", "search.warm_start=[]"],
     ["search.objectives=[val_accuracy,macs]", "search.constraints.max_params=3000"],
+    ["search.constraints.max_accuracy_drop=0.0"],
 ])
 def test_backends_objectives_and_constraints_end_to_end(make_cfg, tmp_path, overrides):
     outcome = run(make_cfg("search.n_trials=3", *overrides), tmp_path / "out")
@@ -197,6 +200,15 @@ def test_backends_objectives_and_constraints_end_to_end(make_cfg, tmp_path, over
         assert all(t.values[1] == t.user_attrs["macs"] for t in study.trials)
         assert {c.trial for c in outcome.report.front} <= {c.trial for c in outcome.report.trials if c.feasible}
         assert all(c.feasible == (c.params <= 3000) for c in outcome.report.trials)
+    if "search.constraints.max_accuracy_drop=0.0" in overrides:  # relative to the baseline this search scored
+        base = outcome.report.baseline.val_accuracy
+        assert all(t.constraints["max_accuracy_drop"] == pytest.approx(base - t.values[0]) for t in study.trials)
+        assert all(c.feasible == (c.val_accuracy >= base) for c in outcome.report.trials)
+        # a search that leaves the bound unset keeps the study name it had before the bound existed
+        unset, absent = make_cfg(), make_cfg()
+        with open_dict(absent):
+            del absent.search.constraints["max_accuracy_drop"]
+        assert build_context(unset).study_name == build_context(absent).study_name != outcome.study_name
 
 
 def test_early_stop_prunes_a_candidate_trailing_a_faster_one(make_cfg, tmp_path):

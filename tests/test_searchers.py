@@ -73,6 +73,16 @@ def test_constraints_make_the_front_feasible():
     assert study.best_trials and all(t.user_attrs["latency_ms"] <= 0.7 for t in study.best_trials)
 
 
+def test_accuracy_drop_is_relative_to_the_baseline():
+    objectives = Objectives.from_config(["val_accuracy", "latency_ms"], {"max_accuracy_drop": 0.05})
+    baseline = {"val_accuracy": 0.99, "latency_ms": 1.0}
+    assert objectives.violations({"val_accuracy": 0.95}, baseline)["max_accuracy_drop"] == pytest.approx(-0.01)
+    assert objectives.violations({"val_accuracy": 0.90}, baseline)["max_accuracy_drop"] == pytest.approx(0.04)
+    assert objectives.violations({"val_accuracy": 0.90}, {"val_accuracy": 0.94})["max_accuracy_drop"] <= 0
+    with pytest.raises(ValueError, match="relative to the baseline"):
+        objectives.violations({"val_accuracy": 0.95})
+
+
 def test_objectives_can_be_any_metrics():
     objectives = Objectives.from_config(["val_accuracy", "macs", "params"])
     assert objectives.directions == ["maximize", "minimize", "minimize"]
@@ -84,6 +94,7 @@ def test_objectives_can_be_any_metrics():
     ([], None, "search.objectives"),
     (["val_accuracy", "val_accuracy"], None, "repeats"),
     (["val_accuracy"], {"max_latency": 1.0}, "unknown key\\(s\\) \\['max_latency'\\]"),
+    (["val_accuracy"], {"max_accuracy_drop": 1.5}, "max_accuracy_drop=1.5 is outside \\[0, 1\\].*=0.01 for 1 point"),
 ])
 def test_bad_objectives(names, constraints, message):
     with pytest.raises(ConfigError, match=message):

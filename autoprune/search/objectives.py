@@ -3,7 +3,8 @@
 Objectives (search.objectives): any of val_accuracy (maximised), latency_ms, params, macs,
 onnx_bytes (minimised). Constraints (search.constraints) go through Optuna's constraint mechanism
 (`trial.set_constraint`: a value <= 0 is feasible), so samplers prefer feasible regions and the
-Pareto front is the feasible one.
+Pareto front is the feasible one. `max_accuracy_drop` is relative: val accuracy at most that far
+below the baseline's, so it holds whatever accuracy the baseline turns out to have.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ DIRECTIONS = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "m
               "onnx_bytes": "minimize"}
 # constraint name -> (metric, +1 for an upper bound / -1 for a lower bound)
 CONSTRAINTS = {"max_latency_ms": ("latency_ms", 1), "min_accuracy": ("val_accuracy", -1),
-               "max_params": ("params", 1), "max_macs": ("macs", 1), "max_onnx_bytes": ("onnx_bytes", 1)}
+               "max_accuracy_drop": ("val_accuracy", -1), "max_params": ("params", 1), "max_macs": ("macs", 1),
+               "max_onnx_bytes": ("onnx_bytes", 1)}
+RELATIVE = {"max_accuracy_drop"}   # bound = the baseline's value of the metric minus the setting
+FRACTIONS = {"min_accuracy": "validation accuracy is a fraction, e.g. {key}=0.95",
+             "max_accuracy_drop": "it is a fraction of accuracy, e.g. {key}=0.01 for 1 point"}
 
 
 def _bound(name: str, value) -> float:
@@ -29,9 +34,9 @@ def _bound(name: str, value) -> float:
         bound = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r} is not a number: give one, or null for no bound") from None
-    if name == "min_accuracy" and not 0.0 <= bound <= 1.0:
-        raise ConfigError(f"{key}={value} is outside [0, 1]: validation accuracy is a fraction, e.g. {key}=0.95")
-    if name != "min_accuracy" and not bound > 0.0:
+    if name in FRACTIONS and not 0.0 <= bound <= 1.0:
+        raise ConfigError(f"{key}={value} is outside [0, 1]: " + FRACTIONS[name].format(key=key))
+    if name not in FRACTIONS and not bound > 0.0:
         raise ConfigError(f"{key}={value} must be > 0 (or null for no bound)")
     return bound
 
@@ -63,11 +68,17 @@ class Objectives:
     def values(self, metrics: Mapping[str, float]) -> list[float]:
         return [float(metrics[n]) for n in self.names]
 
-    def violations(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        """Constraint values (<= 0 is feasible), in the metric's own unit."""
+    def violations(self, metrics: Mapping[str, float], baseline: Optional[Mapping[str, float]] = None
+                   ) -> dict[str, float]:
+        """Constraint values (<= 0 is feasible), in the metric's own unit; relative bounds need the
+        baseline's metrics."""
         out = {}
         for name, bound in self.bounds:
             metric, sign = CONSTRAINTS[name]
+            if name in RELATIVE:
+                if baseline is None:
+                    raise ValueError(f"constraint {name} is relative to the baseline: pass its metrics")
+                bound = float(baseline[metric]) - bound
             out[name] = sign * (float(metrics[metric]) - bound)
         return out
 

@@ -206,7 +206,7 @@ class Search:
             plan = self.ctx.space.suggest(trial)
             t0 = time.perf_counter()
             with self.heartbeat.beating(trial):
-                result = self._one_trial(trial, plan, searcher)
+                result = self._one_trial(trial, plan, searcher, baseline)
             complete = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
             feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
             hv = normalized_hypervolume([(t.user_attrs["val_accuracy"], t.user_attrs["latency_ms"]) for t in feasible],
@@ -234,7 +234,8 @@ class Search:
             log.warning("MLflow: %s failed (%s); the search goes on, Optuna keeps the result", what, exc)
             return None
 
-    def _one_trial(self, trial: optuna.Trial, plan: PrunePlan, searcher: Searcher) -> TrialResult | None:
+    def _one_trial(self, trial: optuna.Trial, plan: PrunePlan, searcher: Searcher,
+                   baseline: dict) -> TrialResult | None:
         """Evaluate one plan. A trial that raises or runs past search.trial_timeout_s is told failed
         with its reason (a stopped one: pruned) and the search goes on."""
         trial.set_user_attr("plan", plan.to_dict())
@@ -270,7 +271,7 @@ class Search:
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("seconds", result.seconds)
-        for name, value in self.objectives.violations(metrics).items():
+        for name, value in self.objectives.violations(metrics, baseline).items():
             trial.set_constraint(name, value)
         searcher.tell(trial, self.objectives.values(metrics), metrics)
         (workdir / "plan.json").write_text(plan.to_json())
