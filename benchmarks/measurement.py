@@ -30,7 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hw", default="cpu-ort-1t")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--validate", type=int, default=20)
+    parser.add_argument("--validate", type=int, default=20,
+                        help="randomly pruned models checked against the predictor (0: no predictor rows)")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -49,14 +50,9 @@ def main() -> None:
             medians.append(stats.median_ms)
             runs.append(stats.n)
             within.append(stats.cv)
-        pruner = ChannelPruner(x, output_layers(model, x), profile.round_to)
-        ratios = [round(r, 2) for r in np.arange(0.0, 0.851, 0.05)]
-        t0 = time.perf_counter()
-        cal = calibrate(model, pruner, ratios, profile, backend, Path(tmp) / "cal", n_validate=args.validate)
-        cal_seconds = time.perf_counter() - t0
+        predictor_rows = predictor(model, x, profile, backend, Path(tmp) / "cal", args.validate) if args.validate else []
 
     m = np.asarray(medians)
-    entries = sum(len(v) for v in cal.table.entries.values())
     rows = [
         ("profile", profile.name),
         ("machine", f"{stats.fingerprint['cpu']}, {stats.fingerprint['cores']} cores, "
@@ -68,11 +64,7 @@ def main() -> None:
         ("within-measurement CV (mean)", f"{100 * np.mean(within):.2f} %"),
         ("timed runs per measurement (mean)", f"{np.mean(runs):.0f}"),
         ("cost per measurement", f"{np.mean(costs):.2f} s (min {min(costs):.2f}, max {max(costs):.2f})"),
-        ("predictor table", f"{len(cal.table.layers)} layers, {entries} entries, built and checked in "
-                            f"{cal_seconds:.0f} s"),
-        ("predictor share within ±10 %", f"{100 * cal.report.share_within_10pct:.0f} % of {cal.report.n} "
-                                         f"pruned models (mean abs. error {100 * cal.report.mean_abs_rel_error:.1f} %, "
-                                         f"max {100 * cal.report.max_abs_rel_error:.1f} %)"),
+        *predictor_rows,
         ("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f} "
                                                 f"on {os.cpu_count()} cores"),
     ]
@@ -81,6 +73,20 @@ def main() -> None:
     print(f"| {'-' * width} | ----- |")
     for key, value in rows:
         print(f"| {key.ljust(width)} | {value} |")
+
+
+def predictor(model, x, profile, backend, workdir: Path, n_validate: int) -> list[tuple[str, str]]:
+    """Build the latency table over the search space's ratios and check it on `n_validate` pruned models."""
+    pruner = ChannelPruner(x, output_layers(model, x), profile.round_to)
+    ratios = [round(r, 2) for r in np.arange(0.0, 0.851, 0.05)]
+    t0 = time.perf_counter()
+    cal = calibrate(model, pruner, ratios, profile, backend, workdir, n_validate=n_validate)
+    seconds = time.perf_counter() - t0
+    entries = sum(len(v) for v in cal.table.entries.values())
+    return [("predictor table", f"{len(cal.table.layers)} layers, {entries} entries, built and checked in {seconds:.0f} s"),
+            ("predictor share within ±10 %", f"{100 * cal.report.share_within_10pct:.0f} % of {cal.report.n} "
+                                             f"pruned models (mean abs. error {100 * cal.report.mean_abs_rel_error:.1f} %, "
+                                             f"max {100 * cal.report.max_abs_rel_error:.1f} %)")]
 
 
 if __name__ == "__main__":
