@@ -153,7 +153,7 @@ def ceiling(points: list[tuple[float, float, float]], base_val: float, base_test
 
     No front of these trials can score more. The fastest trial is the space's corner (every group at
     its highest ratio, which the uniform sweep always tries), so a search of this space cannot be
-    faster; it could only be more accurate than every trial of every method at that latency. A
+    faster (latency falls as channels go); it could only be more accurate than every trial of every method at that latency. A
     ceiling below 1.10x the uniform sweep's HV means no search of this space reaches that ratio."""
     fastest = min(r for _, _, r in points)
     return {"hv_val": normalized_hypervolume([(max(v for v, _, _ in points), fastest)], base_val, 1.0),

@@ -20,7 +20,7 @@ def test_search_quality_script_runs(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert any(line.startswith("uniform ") for line in lines) and any(line.startswith("flops ") for line in lines)
+    assert all(any(line.startswith(f"{row} ") for line in lines) for row in ("uniform", "flops", "union", "ceiling"))
 
 
 @pytest.mark.slow
