@@ -136,15 +136,13 @@ def score_seed(runs: list[dict], rounds: int, seed: int) -> list[dict]:
           f"{spread:.1f} %, CV {100 * np.std(base_ms) / np.mean(base_ms):.1f} %); each search's own baseline: "
           + ", ".join(f"{r['method']} {r['own_base_ms']:.3f}" for r in runs), flush=True)
     base_val, base_test = runs[0]["base_val"], runs[0]["base_test"]
-    union = [(v, t, latency[path] / base) for r in runs for v, t, path in r["rows"]]
-    results = []
-    for r in [*runs, {"method": "union", "rows": [row for r in runs for row in r["rows"]],
-                      "wall": sum(r["wall"] for r in runs)}]:
-        points = [(v, t, latency[path] / base) for v, t, path in r["rows"]]
-        results.append({"method": r["method"], "seed": seed, "wall": r["wall"], "base_ms": base,
-                        **scores(points, base_val, base_test)})
+    points = {r["method"]: [(v, t, latency[path] / base) for v, t, path in r["rows"]] for r in runs}
+    points["union"] = [p for r in runs for p in points[r["method"]]]
+    walls = {r["method"]: r["wall"] for r in runs} | {"union": sum(r["wall"] for r in runs)}
+    results = [{"method": m, "seed": seed, "wall": walls[m], "base_ms": base, **scores(pts, base_val, base_test)}
+               for m, pts in points.items()]
     results.append({"method": "ceiling", "seed": seed, "wall": float("nan"), "base_ms": base,
-                    **ceiling(union, base_val, base_test)})
+                    **ceiling(points["union"], base_val, base_test)})
     return results
 
 
