@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from autoprune.errors import AutopruneError, MeasurementError
 from autoprune.hw import export_onnx, get_backend
-from autoprune.hw.agent import AgentConfig, ProfileBounds, create_app, main, parse_args, public_reason
+from autoprune.hw.agent import AgentConfig, create_app, main, parse_args, public_reason
 from autoprune.hw.isolated import CHILD_NAME
 from autoprune.hw.lock import measurement_lock
 from autoprune.hw.profile import HardwareProfile

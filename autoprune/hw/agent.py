@@ -50,15 +50,13 @@ from google.protobuf.message import Message
 from autoprune.errors import AutopruneError, ProfileError, first_line
 from autoprune.hw.inputs import input_specs
 from autoprune.hw.isolated import (MeasureFn, MeasurementCrashed, MeasurementTimedOut, measure_here,
-                                   measure_in_child, start_children)
+                                   measure_in_child, preload, start_children)
 from autoprune.hw.profile import CLIENT_ONLY_FIELDS, HardwareProfile, profile_from_dict
 from autoprune.hw.remote import PROFILE_HEADER
 
 log = logging.getLogger("autoprune.agent")
 DEFAULT_PORT = 8765
 MIN_TOKEN_CHARS = 16
-LOOPBACK_NAMES = ("localhost",)
-measure_locally = measure_here  # the default measurement (a module-level function: it crosses into a child)
 T = TypeVar("T")
 
 
@@ -185,8 +183,8 @@ def _check_bounds(p: HardwareProfile, b: ProfileBounds) -> None:
         raise refuse("input_shape", f"has {len(p.input_shape)} dims; the agent takes at most {b.max_input_dims}")
     floats = p.batch_size * math.prod(p.input_shape or (1,))
     if 4 * floats > b.max_input_bytes:
-        raise refuse("batch_size" if p.input_shape is None else "batch_size/input_shape",
-                     f"need an input of {_mib(4 * floats)} (batch_size x input_shape x 4 bytes), more than the "
+        raise refuse("batch_size", f"{'with input_shape ' if p.input_shape else ''}asks for {_mib(4 * floats)} of input "
+                     f"(batch_size x input_shape x 4 bytes), more than the "
                      f"agent's budget of {_mib(b.max_input_bytes)}: lower them or restart the agent with a larger "
                      "--max-input-mb")
 
@@ -264,7 +262,7 @@ def _check_onnx(body: bytes) -> None:
         raise HTTPException(422, "malformed ONNX model: the graph has no nodes")
 
 
-def create_app(config: AgentConfig, measure: MeasureFn = measure_locally) -> FastAPI:
+def create_app(config: AgentConfig, measure: MeasureFn = measure_here) -> FastAPI:
     """The agent's ASGI app (serve it with uvicorn; tests run it on a free loopback port). `measure` runs
     in a child process per request: it must be a module-level function."""
     if len(config.token) < MIN_TOKEN_CHARS:
@@ -446,6 +444,7 @@ def main(argv: list[str]) -> int:
         return 2
     if not loopback and args.ssl_certfile is None:
         log.warning("listening on %s without TLS (--insecure): the token travels in clear", args.host)
+    preload("autoprune.cli")  # what the `autoprune` console script imports: each child re-runs it
     server = uvicorn.Server(uvicorn.Config(app, log_level="info",
                                            ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
                                            ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None))
