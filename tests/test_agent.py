@@ -42,11 +42,12 @@ PROFILE = HardwareProfile("agent-test", warmup_runs=3, min_repeats=10, max_repea
 
 
 @contextlib.contextmanager
-def serve(app):
+def serve(app, graceful_s=None):
     """Run `app` with uvicorn on a free loopback port; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=graceful_s))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -287,6 +288,19 @@ def test_measuring_process_killed_like_by_the_oom_killer_is_a_clean_500(agent, m
     assert "killed by signal SIGKILL" in response.json()["detail"] and "still serving" in response.json()["detail"]
     assert measuring_children() == []
     assert post(agent, model_bytes, profile=QUICK).status_code == 200
+
+
+def test_stopping_the_agent_stops_its_measurement():
+    """Past uvicorn's graceful-shutdown wait, the agent kills the measurement in progress (it would
+    otherwise hold the exit, and the lock, until its deadline)."""
+    with ThreadPoolExecutor(1) as pool:
+        with serve(create_app(AgentConfig(TOKEN, timeout_s=600)), graceful_s=0.5) as url:
+            endless = pool.submit(post, url, endless_model(), profile=QUICK)
+            wait_until(measuring_children, "the measuring child")
+        with contextlib.suppress(httpx.HTTPError):  # cancelled: a 500, or the connection closes unanswered
+            assert endless.result().status_code == 500
+    wait_until(lambda: measuring_children() == [], "the child's end")
+    assert_lock_free()
 
 
 @pytest.mark.skipif(Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1" if

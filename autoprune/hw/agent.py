@@ -50,13 +50,15 @@ from google.protobuf.message import Message
 from autoprune.errors import AutopruneError, ProfileError, first_line
 from autoprune.hw.inputs import input_specs
 from autoprune.hw.isolated import (MeasureFn, MeasurementCrashed, MeasurementTimedOut, measure_here,
-                                   measure_in_child, preload, start_children)
+                                   measure_in_child, preload, start_children,
+                                   stop_children)
 from autoprune.hw.profile import CLIENT_ONLY_FIELDS, HardwareProfile, profile_from_dict
 from autoprune.hw.remote import PROFILE_HEADER
 
 log = logging.getLogger("autoprune.agent")
 DEFAULT_PORT = 8765
 MIN_TOKEN_CHARS = 16
+GRACEFUL_SHUTDOWN_S = 5.0  # on Ctrl-C, requests in progress get this long; then their measurements are killed
 T = TypeVar("T")
 
 
@@ -276,6 +278,7 @@ def create_app(config: AgentConfig, measure: MeasureFn = measure_here) -> FastAP
         await asyncio.to_thread(start_children)
         yield
         queue.shutdown()
+        stop_children()  # a measurement in progress would otherwise hold the exit until its deadline
         workdir.cleanup()
 
     app = FastAPI(title="autoprune measurement agent", docs_url=None, redoc_url=None, openapi_url=None,
@@ -445,7 +448,7 @@ def main(argv: list[str]) -> int:
     if not loopback and args.ssl_certfile is None:
         log.warning("listening on %s without TLS (--insecure): the token travels in clear", args.host)
     preload("autoprune.cli")  # what the `autoprune` console script imports: each child re-runs it
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info",
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                                            ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
                                            ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it shut down on

@@ -23,6 +23,7 @@ from autoprune.hw.stats import LatencyStats
 MeasureFn = Callable[[Path, HardwareProfile], LatencyStats]  # must be a module-level function
 PRELOAD = ["autoprune.hw.isolated", "autoprune.hw.onnxruntime_backend"]
 CHILD_NAME = "autoprune-measure"
+_running: set = set()  # children measuring now (stop_children kills them)
 
 
 class MeasurementRejected(MeasurementError):
@@ -71,6 +72,12 @@ def start_children() -> None:
     child.join()
 
 
+def stop_children() -> None:
+    """Kill every measuring child (the agent is shutting down); their callers raise MeasurementCrashed."""
+    for child in list(_running):
+        child.kill()
+
+
 def _child(send, measure: MeasureFn, onnx_path: str, profile: HardwareProfile) -> None:
     try:
         outcome = {"stats": measure(Path(onnx_path), profile).to_dict()}
@@ -94,7 +101,7 @@ def _death(exitcode: int | None) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = str(-exitcode)
-        hint = " (SIGKILL: often the out-of-memory killer)" if exitcode == -signal.SIGKILL else ""
+        hint = " (often the out-of-memory killer)" if exitcode == -signal.SIGKILL else ""
         return f"killed by signal {name}{hint}"
     return f"exited with status {exitcode}"
 
@@ -111,6 +118,7 @@ def measure_in_child(measure: MeasureFn, onnx_path: Path, profile: HardwareProfi
                             daemon=True)
     try:
         child.start()
+        _running.add(child)
         send.close()
         if not receive.poll(max(0.0, deadline - time.monotonic())):
             raise MeasurementTimedOut("the measurement did not finish before the deadline")
@@ -120,6 +128,7 @@ def measure_in_child(measure: MeasureFn, onnx_path: Path, profile: HardwareProfi
             child.join()
             raise MeasurementCrashed(f"the measuring process died: {_death(child.exitcode)}") from None
     finally:
+        _running.discard(child)
         if child.is_alive():
             child.kill()
         if child.pid is not None:
