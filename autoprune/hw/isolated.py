@@ -67,7 +67,7 @@ def _nothing() -> None:
 def start_children() -> None:
     """Start the fork server now and wait until it is ready (its imports take seconds), so that the
     first measurement's deadline is not spent on them."""
-    child = _context().Process(target=_nothing, name=CHILD_NAME, daemon=True)
+    child = _context().Process(target=_nothing, name="autoprune-warm-up", daemon=True)
     child.start()
     child.join()
 
