@@ -40,7 +40,7 @@ def searched(tmp_path_factory):
 def _cfg(tmp, *overrides):
     from conftest import compose_config
 
-    return compose_config(tmp, "search.study_name=sec", *overrides)
+    return compose_config(tmp, "search.study_name=sec", "search.n_trials=1", *overrides)
 
 
 def _artifact(client: MlflowClient, run_id: str, name: str) -> Path:
@@ -94,7 +94,7 @@ def test_finishing_a_pareto_model_refuses_a_payload_model_pt(searched):
     marker = tmp / "pwned-finish"
     try:
         _plant(artifact, marker)
-        run(_cfg(tmp), tmp / "search-again")    # the search goes on; that model's MLflow models are skipped
+        run(_cfg(tmp), tmp / "search-again")    # budget spent: only the Pareto step, which skips that model
     finally:
         artifact.write_bytes(original)
     assert not marker.exists()
