@@ -91,6 +91,7 @@ print("ok", tracker.experiment_id, flush=True)
 """
 
 
+@pytest.mark.slow  # four processes import MLflow and one migrates a store: about a minute on 2 loaded cores
 def test_workers_starting_together_on_a_fresh_sqlite_store_all_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, uri], cwd=tmp_path, env=ENV, text=True,
@@ -296,16 +297,16 @@ def small_disk(tmp_path):
 
 
 def _fill(disk: Path) -> Path:
+    """Writes a file until the file system has no byte left."""
     filler = disk / "filler"
-    with filler.open("wb") as fh:
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(b"\0" * (1 << 20))
-                fh.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(b"\0" * 4096)
-                fh.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
     return filler
 
 
