@@ -87,7 +87,8 @@ def _call(call, *args, **kwargs):
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(transient), reraise=True,
         stop=tenacity.stop_after_attempt(len(RETRY_DELAYS_S) + 1),
-        wait=lambda state: RETRY_DELAYS_S[min(state.attempt_number, len(RETRY_DELAYS_S)) - 1],
+        wait=lambda state: (RETRY_DELAYS_S[state.attempt_number - 1] if state.attempt_number <= len(RETRY_DELAYS_S)
+                            else 0.0),  # asked before `stop` is, also after the last attempt
         before_sleep=lambda state: log.warning("MLflow %s failed (%s); retrying in %.1f s", name,
                                                _why(state.outcome.exception()), state.upcoming_sleep))
     try:
