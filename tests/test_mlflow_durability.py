@@ -334,10 +334,11 @@ def test_a_full_disk_is_said_as_such_and_the_search_goes_on(tmp_path, small_disk
 # -- item 9: pick killed mid-way ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def quoted_search(tmp_path_factory):
-    """A search whose study name has a quote in it (filter strings must cope)."""
+    """A search whose study name has a quote in it (filter strings must cope). Objectives accuracy and
+    parameter count: a front of at least two models (10 % and 90 % of the channels pruned)."""
     tmp = tmp_path_factory.mktemp("quoted")
-    outcome = run(_cfg(tmp, "search.n_trials=4", "search.warm_start=[0.25,0.5,0.75]", "search.study_name=\"it's\""),
-                  tmp / "search")
+    outcome = run(_cfg(tmp, "search.n_trials=3", "search.warm_start=[0.1,0.5,0.9]", "search.study_name=\"it's\"",
+                       "search.objectives=[val_accuracy,params]"), tmp / "search")
     return tmp, outcome
 
 
@@ -349,16 +350,23 @@ def _deployed_trial(client: MlflowClient, name: str) -> tuple[int, bytes]:
     return int(version.tags["autoprune.trial_number"]), onnx
 
 
+def _only(model) -> list[str]:
+    """Pick constraints that only `model` (on the front in accuracy x params) meets."""
+    return [f"pick.min_accuracy={model.val_accuracy}", f"pick.max_params={model.params}"]
+
+
 @pytest.mark.slow
 def test_pick_killed_before_the_alias_moves_leaves_file_and_alias_in_agreement(quoted_search):
     tmp, outcome = quoted_search
-    front = outcome.report.front  # by latency: the fastest first, the most accurate last
-    assert len(front) >= 2 and outcome.study_name == "it's"
+    front = outcome.report.front
+    old_model, new_model = max(front, key=lambda c: c.val_accuracy), min(front, key=lambda c: c.params)
+    assert old_model.trial != new_model.trial and outcome.study_name == "it's"
     client, export = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}"), tmp / "deploy" / "model.onnx"
-    first = run(_cfg(tmp, "mode=pick", f"pick.export={export}", "pick.model_name=quoted", "search.study_name=\"it's\""),
+    study = "search.study_name=\"it's\""
+    first = run(_cfg(tmp, "mode=pick", *_only(old_model), f"pick.export={export}", "pick.model_name=quoted", study),
                 tmp / "pick1")
-    assert first.chosen.trial == front[-1].trial
-    assert _deployed_trial(client, "quoted") == (first.chosen.trial, export.read_bytes())
+    assert first.chosen.trial == old_model.trial
+    assert _deployed_trial(client, "quoted") == (old_model.trial, export.read_bytes())
 
     from conftest import FAST
     lock = HeldLock(tmp / "mlflow.db", "IMMEDIATE")  # a writer's transaction: reads go on, writes wait
@@ -366,13 +374,11 @@ def test_pick_killed_before_the_alias_moves_leaves_file_and_alias_in_agreement(q
     try:
         pick = subprocess.Popen(
             [sys.executable, "-m", "autoprune", "pick", *FAST, f"search.storage=sqlite:///{tmp / 'optuna.db'}",
-             f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", f"cache_dir={tmp / 'cache'}", "search.study_name=\"it's\"",
-             f"pick.max_latency_ms={front[-2].latency_ms}", f"pick.export={export}", "pick.model_name=quoted",
-             f"hydra.run.dir={tmp / 'pick2'}"],
+             f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", f"cache_dir={tmp / 'cache'}", study, *_only(new_model),
+             f"pick.export={export}", "pick.model_name=quoted", f"hydra.run.dir={tmp / 'pick2'}"],
             cwd=tmp, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        before = set(export.parent.iterdir())
-        old = export.read_bytes()
-        # The new model is written (staged or in place) just before the registry write that the lock holds up.
+        before, old = set(export.parent.iterdir()), export.read_bytes()
+        # The new model is written (staged, or in place) just before the registry write the lock holds up.
         while set(export.parent.iterdir()) == before and export.read_bytes() == old:
             assert pick.poll() is None, pick.communicate()[0][-3000:]
             time.sleep(0.05)
@@ -380,12 +386,12 @@ def test_pick_killed_before_the_alias_moves_leaves_file_and_alias_in_agreement(q
         pick.wait()
     finally:
         lock.release()
-    assert _deployed_trial(client, "quoted") == (first.chosen.trial, export.read_bytes())
+    assert _deployed_trial(client, "quoted") == (old_model.trial, export.read_bytes())
 
-    second = run(_cfg(tmp, "mode=pick", f"pick.max_latency_ms={front[-2].latency_ms}", f"pick.export={export}",
-                      "pick.model_name=quoted", "search.study_name=\"it's\""), tmp / "pick3")
-    assert second.chosen.trial == front[-2].trial
-    assert _deployed_trial(client, "quoted") == (second.chosen.trial, export.read_bytes())
+    second = run(_cfg(tmp, "mode=pick", *_only(new_model), f"pick.export={export}", "pick.model_name=quoted", study),
+                 tmp / "pick3")
+    assert second.chosen.trial == new_model.trial
+    assert _deployed_trial(client, "quoted") == (new_model.trial, export.read_bytes())
     assert sorted(p.name for p in export.parent.iterdir()) == ["model.onnx"]  # the killed pick's staging is gone
 
 
