@@ -206,7 +206,8 @@ class Tracker:
             with _store_lock(uri):  # the first call creates / migrates a sqlite store: one process at a time
                 self.client = MlflowClient(tracking_uri=uri)
                 found = _call(self.client.get_experiment_by_name, experiment)
-                self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+                self.experiment_id = found.experiment_id if found else _call(self.client.create_experiment,
+                                                                             experiment)
         except Exception as exc:
             first = first_line(exc)
             raise ConfigError(f"cannot use MLflow tracking.uri '{uri}': {first} "
