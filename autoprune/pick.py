@@ -8,13 +8,13 @@ ties go to the lower latency. Selection never looks at test accuracy.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import mlflow
 from omegaconf import DictConfig
 
 from autoprune.errors import AutopruneError
@@ -84,19 +84,32 @@ def run_pick(cfg: DictConfig) -> PickOutcome:
     log.info("picked %s: highest val accuracy (%.2f%%) among %d of %d models meeting %s; %.3f ms (%.2fx), %s params",
              chosen.label, 100 * chosen.val_accuracy, len(feasible), len(data.trials), rule.describe(),
              chosen.latency_ms, data.baseline.latency_ms / chosen.latency_ms, f"{chosen.params:,}")
-    run = tracker.client.get_run(chosen.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = tracker.download(chosen.run_id, "model.onnx", Path(tmp))
-        if ONNX_MODEL_ID in run.data.tags:
-            model_id = run.data.tags[ONNX_MODEL_ID]
-        else:  # not a Pareto model: log its MLflow models now
-            model_id = tracker.log_models(chosen.run_id, onnx_file,
-                                          tracker.download(chosen.run_id, "model.pt", Path(tmp)))[ONNX_MODEL_ID]
-        export = Path(p.export).expanduser()
-        export.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(onnx_file, export)
-    name = p.model_name or study.study_name
-    mlflow.set_tracking_uri(tracker.uri)
-    version = mlflow.register_model(f"models:/{model_id}", name, tags={"autoprune.trial_number": str(chosen.trial)})
-    tracker.client.set_registered_model_alias(name, p.alias, version.version)
-    return PickOutcome(chosen, len(feasible), name, str(version.version), p.alias, export)
+    tags = tracker.run_tags(chosen.run_id)
+    export = Path(p.export).expanduser()
+    export.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(export)
+    # The deployed file and the alias change together: the new ONNX is staged next to the export, the
+    # version registered and the alias moved, and only then is the file renamed into place (one step).
+    staged = export.with_name(f".{export.name}.{os.getpid()}.staged")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = tracker.download(chosen.run_id, "model.onnx", Path(tmp))
+            if ONNX_MODEL_ID in tags:
+                model_id = tags[ONNX_MODEL_ID]
+            else:  # not a Pareto model: log its ONNX model now (the deployed artifact; nothing is unpickled)
+                model_id = tracker.log_models(chosen.run_id, onnx_file)[ONNX_MODEL_ID]
+            shutil.copyfile(onnx_file, staged)
+        name = p.model_name or study.study_name
+        version = tracker.register(model_id, name, p.alias, {"autoprune.trial_number": str(chosen.trial)})
+        os.replace(staged, export)
+    finally:
+        staged.unlink(missing_ok=True)
+    return PickOutcome(chosen, len(feasible), name, version, p.alias, export)
+
+
+def _remove_stale_staging(export: Path) -> None:
+    """What a killed pick staged next to `export` (its process is gone)."""
+    for stale in export.parent.glob(f".{export.name}.*.staged"):
+        pid = stale.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)

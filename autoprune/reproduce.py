@@ -14,6 +14,7 @@ from autoprune.context import build_context
 from autoprune.errors import ConfigError, few
 from autoprune.search.existing import load_existing, study_config
 from autoprune.plan import PrunePlan
+from autoprune.track.mlflow_tracker import TRIAL_NUMBER
 from autoprune.weights import load_weights, shapes
 
 
@@ -33,6 +34,15 @@ class Reproduction:
         return "\n".join(rows)
 
 
+def _run_of(tracker, study_name: str, number: int) -> str:
+    """The MLflow run of a trial that Optuna has no run id for (its run was made by reconciliation)."""
+    for run in tracker.trial_runs(study_name):
+        if run.data.tags.get(TRIAL_NUMBER) == str(number):
+            return run.info.run_id
+    raise ConfigError(f"trial {number} of study '{study_name}' has no MLflow run in this experiment: use the "
+                      "tracking.uri and tracking.experiment the search ran with")
+
+
 def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
     if cfg.reproduce.trial is None:
         raise ConfigError("reproduce needs a trial number: add reproduce.trial=<N> (see the report's model column)")
@@ -49,10 +59,10 @@ def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
     ctx = build_context(stored)
     plan = PrunePlan.from_dict(trial.user_attrs["plan"])
     result = ctx.evaluator.evaluate(plan, Path(output_dir) / "reproduce" / f"trial-{number:04d}")
-    run_id = trial.user_attrs["mlflow_run_id"]
+    run_id = trial.user_attrs.get("mlflow_run_id") or _run_of(tracker, study.study_name, number)
     with tempfile.TemporaryDirectory() as tmp:   # weights only: a crafted model.pt is refused, never run
         logged_weights = load_weights(tracker.download(run_id, "model.pt", Path(tmp)))
-    metrics = tracker.client.get_run(run_id).data.metrics
+    metrics = tracker.run_metrics(run_id)
     logged = {k: metrics[k] for k in ("val_accuracy", "latency_ms", "params", "macs")}
     now = {"val_accuracy": result.val_accuracy, "latency_ms": result.latency.median_ms,
            "params": result.params, "macs": result.macs}

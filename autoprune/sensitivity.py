@@ -182,9 +182,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path) -> SensitivityResult:
     if settings["max_groups"] is not None:
         names = names[:int(settings["max_groups"])]
 
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"sensitivity-{ctx.task.name}",
-                                    tags={ROLE: "sensitivity", "autoprune.task": ctx.task.name})
-    tracker.parent_id = run.info.run_id
+    tracker.start_root(f"sensitivity-{ctx.task.name}", {ROLE: "sensitivity", "autoprune.task": ctx.task.name})
     status = "FAILED"
     try:
         tracker.log(tracker.parent_id, params={"task": ctx.task.name, "hw": ctx.profile.name, "pattern": pattern,

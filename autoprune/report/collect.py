@@ -9,7 +9,7 @@ import optuna
 from autoprune.errors import ConfigError
 from autoprune.search.pareto import normalized_hypervolume
 from autoprune.track import Tracker
-from autoprune.track.mlflow_tracker import ROLE, STUDY, TRIAL_NUMBER
+from autoprune.track.mlflow_tracker import TRIAL_NUMBER
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,11 @@ class ReportData:
 
 
 def baseline_run(tracker: Tracker, study_name: str):
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`{ROLE}` = 'baseline' and tags.`{STUDY}` = '{study_name}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
+    run = tracker.baseline_run(study_name)
+    if run is None:
         raise ConfigError(f"no baseline run for study '{study_name}' in MLflow {tracker.uri}: "
                           "use the tracking.uri and tracking.experiment the search ran with")
-    return runs[0]
+    return run
 
 
 def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1) -> ReportData:

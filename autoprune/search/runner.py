@@ -24,6 +24,7 @@ from autoprune.context import SearchContext, build_context
 from autoprune.deploy import write_bundle
 from autoprune.errors import ConfigError
 from autoprune.hw import LatencyStats, export_model, load_profile
+from autoprune.owner import process_owner
 from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
@@ -35,13 +36,14 @@ from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerp
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
-from autoprune.search.workers import (INTERRUPTED_ATTR, Heartbeat, StaleTrialHandler, budget_used, claim,
+from autoprune.search.workers import (INTERRUPTED_ATTR, OWNER_ATTR, Heartbeat, StaleTrialHandler, budget_used, claim,
                                       fail_orphaned_trials, shared_lock)
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER,
-                                            TrackingError)
+                                            TrackingError, TrialRecord)
 
 log = logging.getLogger("autoprune")
+TRIAL_ARTIFACTS = ("plan.json", "latency.json", "model.onnx", "model.pt")  # what a trial run holds
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,9 @@ class Search:
                   "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances),
                   "output_dir": str(self.output_dir)}
         group = cfg.search.run_name
-        parent = self.tracker.start_search(f"search-{group or self.study_name}", self.study_name, params,
-                                           group=group)
+        parent = self._mlflow("start of the search run", lambda: self.tracker.start_search(
+            f"search-{group or self.study_name}", self.study_name, params, group=group))
+        self._reconcile("start")
         used = budget_used(self.study, group)
         log.info("study %s (%d of %d trials done%s) | %d prunable groups | hw %s | MLflow run %s",
                  self.study_name, min(used, int(cfg.search.n_trials)), cfg.search.n_trials,
@@ -136,24 +139,25 @@ class Search:
             status = "KILLED"
             raise
         finally:
-            self.tracker.end(parent, status)
+            if parent:
+                self._mlflow("end of the search run", lambda: self.tracker.end(parent, status))
 
     def _measure_baseline(self) -> dict:
         """Score and time the unpruned model in this run, so speedups are ratios taken side by side."""
         ctx = self.ctx
-        run_id = self.tracker.start_child("baseline", "baseline", {STUDY: self.study_name})
+        run_id = self._mlflow("start of the baseline run", lambda: self.tracker.start_child(
+            "baseline", "baseline", {STUDY: self.study_name}))
         try:
             metrics, latency, n_params = self._score_baseline(run_id)
         except BaseException:   # not left RUNNING: the search's failure is the baseline run's too
-            self._mlflow("closing the baseline run", lambda: self.tracker.end(run_id, "FAILED"))
+            self._close_run(run_id, "FAILED", {})
             raise
-        self.tracker.end(run_id)
         log.info("baseline (%s): val %.2f%% test %.2f%% | %.3f ms median (cv %.2f%%, n=%d) | %s params",
                  ctx.baseline_origin, 100 * metrics["val_accuracy"], 100 * metrics["test_accuracy"],
                  latency.median_ms, 100 * latency.cv, latency.n, f"{int(n_params):,}")
         return metrics
 
-    def _score_baseline(self, run_id: str) -> tuple[dict, LatencyStats, int]:
+    def _score_baseline(self, run_id: str | None) -> tuple[dict, LatencyStats, int]:
         ctx = self.ctx
         model, data, example = ctx.baseline, ctx.task.data, ctx.evaluator.example_input
         with tempfile.TemporaryDirectory() as tmp:
@@ -163,10 +167,13 @@ class Search:
             metrics = {"val_accuracy": evaluate(model, data.val), "test_accuracy": evaluate(model, data.test),
                        "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_cv": latency.cv,
                        "macs": macs, "params": n_params, "onnx_bytes": exported.onnx_path.stat().st_size}
-            self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
-                             params={f"hw.{k}": v for k, v in latency.fingerprint.items()})
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
-            self.tracker.log_artifacts(run_id, [exported.onnx_path, Path(tmp) / "latency.json"])
+            logged = run_id and self._mlflow("baseline results", lambda: (
+                self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
+                                 params={f"hw.{k}": v for k, v in latency.fingerprint.items()}),
+                self.tracker.log_artifacts(run_id, [exported.onnx_path, Path(tmp) / "latency.json"])))
+        self._close_run(run_id, "FINISHED" if logged else "FAILED",
+                        {} if logged else {"autoprune.logging_error": "baseline results incomplete"})
         return metrics, latency, n_params
 
     def _searcher(self, baseline: dict) -> Searcher:
@@ -244,12 +251,37 @@ class Search:
                      baseline["latency_ms"] / result.latency.median_ms, f"{result.params:,}", progress)
 
     def _mlflow(self, what: str, call: Callable[[], Any]) -> Any:
-        """MLflow trouble (after the tracker's retries) never stops a search: Optuna is the record."""
+        """MLflow trouble (after the tracker's retries) never stops a search: Optuna is the record, and
+        `_reconcile` brings MLflow back in agreement with it."""
         try:
             return call()
         except TrackingError as exc:
             log.warning("MLflow: %s failed (%s); the search goes on, Optuna keeps the result", what, exc)
             return None
+
+    def _trial_params(self, plan: PrunePlan) -> dict:
+        return {f"ratio.{g.name}": plan.ratio(g.name) for g in self.ctx.groups} | {"importance": plan.importance}
+
+    def _records(self) -> list[TrialRecord]:
+        """Every COMPLETE trial of the study as Optuna has it; the files of this process's own trials."""
+        records = []
+        for t in self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
+            attrs, workdir = t.user_attrs, self.output_dir / "trials" / f"{t.number:04d}"
+            metrics = {k: v for k, v in attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            metrics |= {f"seconds_{k}": v for k, v in attrs.get("seconds", {}).items()}
+            own = attrs.get(OWNER_ATTR) == process_owner()
+            records.append(TrialRecord(t.number, attrs.get("mlflow_run_id"),
+                                       self._trial_params(PrunePlan.from_dict(attrs["plan"])), metrics,
+                                       [workdir / n for n in TRIAL_ARTIFACTS if own and (workdir / n).is_file()]))
+        return records
+
+    def _reconcile(self, when: str) -> None:
+        """At the start and at the end: MLflow is made to agree with Optuna (see Tracker.reconcile)."""
+        done = self._mlflow(f"reconciling with Optuna at the {when}",
+                            lambda: self.tracker.reconcile(self.study_name, self._records()))
+        if done:
+            log.warning("MLflow reconciled with Optuna at the %s: trial run(s) %s repaired, %s created, %s flagged "
+                        "autoprune.logging_error", when, done.repaired, done.created, done.flagged)
 
     def _one_trial(self, trial: optuna.Trial, plan: PrunePlan, searcher: Searcher,
                    baseline: dict) -> TrialResult | None:
@@ -260,8 +292,7 @@ class Search:
             f"trial-{trial.number}", "trial", {STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"}))
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
-            self._mlflow("trial params", lambda: self.tracker.log(run_id, params={
-                f"ratio.{g.name}": plan.ratio(g.name) for g in self.ctx.groups} | {"importance": plan.importance}))
+            self._mlflow("trial params", lambda: self.tracker.log(run_id, params=self._trial_params(plan)))
         workdir = self.output_dir / "trials" / f"{trial.number:04d}"
         monitor = self.stopper.monitor(trial) if self.stopper else None
         try:
@@ -309,8 +340,8 @@ class Search:
 
     def _close_run(self, run_id: str | None, status: str, tags: dict) -> None:
         if run_id:
-            self._mlflow("closing a trial run", lambda: (self.tracker.log(run_id, tags=tags),
-                                                         self.tracker.end(run_id, status)))
+            self._mlflow("closing a run", lambda: (tags and self.tracker.log(run_id, tags=tags),
+                                                   self.tracker.end(run_id, status)))
 
     def _finish_pareto_model(self, run, plan: PrunePlan) -> None:
         """Test accuracy (evaluated once) and MLflow models (logged once) of a Pareto trial's run. The
@@ -329,11 +360,12 @@ class Search:
 
     def _finish(self) -> SearchOutcome:
         """Pareto models: test accuracy (once), MLflow models, pareto tags; then the report."""
+        self._reconcile("end")
         front = {t.number: t for t in self.study.best_trials}
-        for run in self.tracker.trial_runs(self.study_name):
+        for run in self._mlflow("listing trial runs", lambda: self.tracker.trial_runs(self.study_name)) or []:
             number, run_id = int(run.data.tags[TRIAL_NUMBER]), run.info.run_id
             on_front = number in front
-            self.tracker.log(run_id, tags={PARETO: str(on_front).lower()})
+            self._mlflow("pareto tag", lambda: self.tracker.log(run_id, tags={PARETO: str(on_front).lower()}))
             if not on_front or run.info.status != "FINISHED" or "autoprune.logging_error" in run.data.tags:
                 continue
             try:
@@ -342,9 +374,12 @@ class Search:
                 log.warning("Pareto model #%d: test accuracy / MLflow models skipped (%s)", number, _one_line(exc))
         data = collect(self.study, self.tracker, float(self.cfg.search.hv_max_drop))
         files = write_report(data, self.output_dir / "report")
-        self.tracker.log_artifacts(self.tracker.parent_id, files, "report")
+        if self.tracker.parent_id:
+            self._mlflow("report artifacts", lambda: self.tracker.log_artifacts(self.tracker.parent_id, files, "report"))
         write_bundle(data, self.tracker, self.output_dir / "report")
-        self.tracker.log(self.tracker.parent_id, metrics={"pareto_size": len(data.front)})
+        if self.tracker.parent_id:
+            self._mlflow("pareto size", lambda: self.tracker.log(self.tracker.parent_id,
+                                                                 metrics={"pareto_size": len(data.front)}))
         return SearchOutcome(self.tracker.parent_id, data, files)
 
 

@@ -5,40 +5,144 @@ baseline (autoprune.role=baseline) and for each trial (autoprune.role=trial, aut
 autoprune.state). Every run carries its process (autoprune.owner), so runs a killed process left
 RUNNING are closed as KILLED by the next search of the study. Everything goes through
 MlflowClient: no global active-run state.
+
+Durability: this is the only module that talks to MLflow, and every call goes through one retry
+policy (`_call`): transient failures (a locked database, a lost connection) are retried with
+back-off, permanent ones (no such run, an invalid value, a full disk) are not; what still fails
+becomes one `TrackingError` line. Optuna is the record: `reconcile` makes MLflow agree with it.
+A fresh sqlite store is created and migrated under a file lock, so workers starting together do
+not migrate it at the same time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+import tenacity
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from autoprune.errors import AutopruneError, ConfigError, first_line
 from autoprune.owner import owner_is_dead, process_owner
 
 log = logging.getLogger(__name__)
-RETRY_DELAYS_S = (0.5, 1.0, 2.0)   # a flaky tracking server gets three more chances per call
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)   # a transient failure gets three more chances per call, after these waits
+# MLflow error codes that no retry can fix (MlflowException.error_code).
+PERMANENT = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
+                       "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "NOT_FOUND",
+                       "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED", "CUSTOMER_UNAUTHORIZED"})
 
 
 class TrackingError(AutopruneError):
     """MLflow kept failing for one call (after retries)."""
 
 
-def _retry(call, *args, **kwargs):
-    for delay in (*RETRY_DELAYS_S, None):
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:  # MLflow raises MlflowException, requests errors, sqlite errors...
-            if delay is None:
-                raise TrackingError(f"MLflow {getattr(call, '__name__', 'call')} failed: {first_line(exc)}") from exc
-            log.warning("MLflow %s failed (%s); retrying in %.1f s", getattr(call, "__name__", "call"),
-                        type(exc).__name__, delay)
-            time.sleep(delay)
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and its causes, outermost first."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def disk_full(exc: BaseException) -> bool:
+    """A full disk, whether sqlite ("database or disk is full") or a file write (ENOSPC) says so."""
+    return any(getattr(e, "errno", None) == errno.ENOSPC or "disk is full" in str(e)
+               or "No space left on device" in str(e) for e in _chain(exc))
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth retrying: a locked database, a lost connection, a server error. Not: a full disk (waiting
+    seconds does not free it), an MLflow error that says the request itself is wrong, a bug."""
+    if disk_full(exc):
+        return False
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in PERMANENT
+    import requests
+    import sqlalchemy.exc
+
+    return isinstance(exc, (ConnectionError, TimeoutError, requests.RequestException,
+                            sqlalchemy.exc.OperationalError))
+
+
+def _why(exc: BaseException) -> str:
+    """One line: 'disk full (...)' or the innermost cause's first line (not SQLAlchemy's wrapping)."""
+    root = _chain(exc)[-1]
+    return f"disk full ({first_line(root)})" if disk_full(exc) else first_line(root)
+
+
+def _call(call, *args, **kwargs):
+    """`call(*args, **kwargs)` under the retry policy; what still fails raises one TrackingError line."""
+    name = getattr(call, "__name__", "call")
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(transient), reraise=True,
+        stop=tenacity.stop_after_attempt(len(RETRY_DELAYS_S) + 1),
+        wait=lambda state: (RETRY_DELAYS_S[state.attempt_number - 1] if state.attempt_number <= len(RETRY_DELAYS_S)
+                            else 0.0),  # asked before `stop` is, also after the last attempt
+        before_sleep=lambda state: log.warning("MLflow %s failed (%s); retrying in %.1f s", name,
+                                               _why(state.outcome.exception()), state.upcoming_sleep))
+    try:
+        return retrying(call, *args, **kwargs)
+    except Exception as exc:  # MlflowException, requests errors, sqlite errors, OSError...
+        raise TrackingError(f"MLflow {name} failed: {_why(exc)}") from exc
+
+
+class _NoTracebacks(logging.Filter):
+    """MLflow's sqlalchemy store logs a traceback for every database error before raising it; the
+    retry policy says each failure once, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None and "SQLAlchemy database error" not in str(record.msg)
+
+
+_QUIET = _NoTracebacks()
+
+
+def _quote(value: str) -> str:
+    """A filter-string literal for `value`. MLflow has no escapes: quote with the kind of quote it does
+    not contain (a value with both kinds is matched by `_equals` with LIKE, then exactly)."""
+    return f"'{value}'" if "'" not in value else f'"{value}"'
+
+
+def _equals(key: str, value: str) -> str:
+    if "'" in value and '"' in value:  # '_' matches any one character, the exact check follows
+        return f"{key} LIKE '{value.replace(chr(39), '_')}'"
+    return f"{key} = {_quote(value)}"
+
+
+def _where(**tags: str) -> str:
+    return " and ".join(_equals(f"tags.`{key}`", str(value)) for key, value in tags.items())
+
+
+def _matching(runs: list, **tags: str) -> list:
+    return [r for r in runs if all(r.data.tags.get(k) == str(v) for k, v in tags.items())]
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """A sqlite store is created and migrated by one process at a time (a file lock next to it)."""
+    if not str(uri).startswith("sqlite:"):
+        yield
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(str(uri)).database
+    if not database or database == ":memory:":
+        yield
+        return
+    with FileLock(f"{database}.lock"):
+        yield
+
 
 ROLE = "autoprune.role"
 STUDY = "autoprune.study"
@@ -49,8 +153,32 @@ PARENT = "mlflow.parentRunId"
 GROUP = "autoprune.run_group"
 OWNER = "autoprune.owner"
 FAIL_REASON = "autoprune.fail_reason"
+LOGGING_ERROR = "autoprune.logging_error"
 ONNX_MODEL_ID = "autoprune.onnx_model_id"
 TORCH_MODEL_ID = "autoprune.pytorch_model_id"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A COMPLETE trial as Optuna (the record) has it, and as its MLflow run must show it."""
+
+    number: int
+    run_id: Optional[str]
+    params: dict
+    metrics: dict
+    artifacts: list = field(default_factory=list)   # files of this trial still on disk (re-logged if missing)
+
+
+@dataclass
+class Reconciled:
+    """What `Tracker.reconcile` changed: runs repaired, runs created, runs flagged autoprune.logging_error."""
+
+    repaired: list = field(default_factory=list)
+    created: list = field(default_factory=list)
+    flagged: list = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.repaired or self.created or self.flagged)
 
 
 def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -71,12 +199,15 @@ def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("mlflow.store.db.utils").addFilter(_QUIET)
         self.uri = uri
         _check_reachable(uri)
         try:
-            self.client = MlflowClient(tracking_uri=uri)
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            with _store_lock(uri):  # the first call creates / migrates a sqlite store: one process at a time
+                self.client = MlflowClient(tracking_uri=uri)
+                found = _call(self.client.get_experiment_by_name, experiment)
+                self.experiment_id = found.experiment_id if found else _call(self.client.create_experiment,
+                                                                             experiment)
         except Exception as exc:
             first = first_line(exc)
             raise ConfigError(f"cannot use MLflow tracking.uri '{uri}': {first} "
@@ -92,24 +223,32 @@ class Tracker:
             if shared:
                 self.parent_id = shared[0].info.run_id
                 return self.parent_id
-        run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
-        self.parent_id = run.info.run_id
+        self.start_root(name, tags)
         if group:  # two workers may have created one at the same moment: the earliest wins
             winner = self._group_runs(study, group)[0].info.run_id
             if winner != self.parent_id:
-                self.client.delete_run(self.parent_id)
+                _call(self.client.delete_run, self.parent_id)
                 self.parent_id = winner
                 return winner
         self.log(self.parent_id, params=params)
         return self.parent_id
 
+    def start_root(self, name: str, tags: dict) -> str:
+        """A top-level run (a search's or a sensitivity analysis's parent); it becomes `parent_id`."""
+        run = _call(self.client.create_run, self.experiment_id, run_name=name,
+                    tags={k: str(v) for k, v in tags.items()})
+        self.parent_id = run.info.run_id
+        return self.parent_id
+
+    def _search(self, filter_string: str, **kwargs) -> list:
+        return _call(self.client.search_runs, [self.experiment_id], filter_string=filter_string, **kwargs)
+
     def close_orphaned_runs(self, study: str) -> list[str]:
         """Runs of `study` left RUNNING by a process of this host that is gone (kill -9, OOM, power
         loss): tagged failed and ended KILLED. A group's shared parent run is left to its live workers.
         Returns their run ids."""
-        running = _retry(
-            self.client.search_runs, [self.experiment_id],
-            filter_string=f"tags.`{STUDY}` = '{study}' and attributes.status = 'RUNNING'", max_results=50000)
+        running = _matching(self._search(f"{_where(**{STUDY: study})} and attributes.status = 'RUNNING'",
+                                         max_results=50000), **{STUDY: study})
         closed = []
         for run in running:
             tags = run.data.tags
@@ -122,24 +261,24 @@ class Tracker:
         return closed
 
     def _group_runs(self, study: str, group: str) -> list:
-        return _retry(
-            self.client.search_runs, [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'search' and tags.`{STUDY}` = '{study}' and tags.`{GROUP}` = '{group}'",
-            order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1000)
+        tags = {ROLE: "search", STUDY: study, GROUP: group}
+        return _matching(self._search(_where(**tags), order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
+                                      max_results=1000), **tags)
 
     def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
-        tags = {ROLE: role, PARENT: self.parent_id, OWNER: process_owner(), **(tags or {})}
-        return _retry(self.client.create_run, self.experiment_id, run_name=name,
-                      tags={k: str(v) for k, v in tags.items()}).info.run_id
+        tags = {ROLE: role, OWNER: process_owner(), **({PARENT: self.parent_id} if self.parent_id else {}),
+                **(tags or {})}
+        return _call(self.client.create_run, self.experiment_id, run_name=name,
+                     tags={k: str(v) for k, v in tags.items()}).info.run_id
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
-        _retry(self.client.set_terminated, run_id, status=status)
+        _call(self.client.set_terminated, run_id, status=status)
 
     # -- data ---------------------------------------------------------------------------------
     def log(self, run_id: str, params: Optional[dict] = None, metrics: Optional[dict] = None,
             tags: Optional[dict] = None, step: int = 0) -> None:
         now = int(time.time() * 1000)
-        _retry(
+        _call(
             self.client.log_batch, run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
             params=[Param(k, str(v)) for k, v in (params or {}).items()],
@@ -148,27 +287,122 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: Optional[str] = None) -> None:
         for path in paths:
-            _retry(self.client.log_artifact, run_id, str(path), artifact_path)
+            _call(self.client.log_artifact, run_id, str(path), artifact_path)
 
     def download(self, run_id: str, artifact: str, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+        return Path(_call(self.client.download_artifacts, run_id, artifact, str(dst)))
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each metric of a run."""
+        return dict(_call(self.client.get_run, run_id).data.metrics)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(_call(self.client.get_run, run_id).data.tags)
 
     def trial_runs(self, study: str) -> list:
         """All trial runs of a study, across invocations."""
-        return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'trial' and tags.`{STUDY}` = '{study}'",
-            max_results=50000,
-        )
+        tags = {ROLE: "trial", STUDY: study}
+        return _matching(self._search(_where(**tags), max_results=50000), **tags)
+
+    def baseline_run(self, study: str):
+        """The latest baseline run of a study that holds its measurements (one whose logging failed
+        does not), or None."""
+        tags = {ROLE: "baseline", STUDY: study}
+        runs = _matching(self._search(_where(**tags), order_by=["attributes.start_time DESC"], max_results=1000),
+                         **tags)
+        return next((r for r in runs if {"val_accuracy", "latency_ms"} <= r.data.metrics.keys()), None)
+
+    def register(self, model_id: str, name: str, alias: str, tags: dict) -> str:
+        """Register a logged model as a new version of `name` and point `alias` at it; returns the version."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        version = _call(mlflow.register_model, f"models:/{model_id}", name, tags=tags).version
+        _call(self.client.set_registered_model_alias, name, alias, version)
+        return str(version)
+
+    # -- reconciliation -------------------------------------------------------------------------
+    def reconcile(self, study: str, records: Iterable[TrialRecord]) -> Reconciled:
+        """Make MLflow agree with Optuna for the COMPLETE trials in `records`: each gets a trial run
+        (created if none was), its params, metrics and artifacts where missing, `autoprune.state=complete`,
+        no fail reason, status FINISHED. A run still being logged by a live process of another worker is
+        left to it. What cannot be repaired (a param logged with another value, MLflow still failing)
+        is flagged `autoprune.logging_error`. One run's trouble never stops the others."""
+        runs = {}
+        for run in self.trial_runs(study):
+            runs.setdefault(int(run.data.tags[TRIAL_NUMBER]), []).append(run)
+        done = Reconciled()
+        for record in records:
+            candidates = runs.get(record.number, [])
+            run = next((r for r in candidates if r.info.run_id == record.run_id), candidates[0] if candidates else None)
+            try:
+                outcome = self._reconcile_run(study, record, run)
+            except TrackingError as exc:
+                outcome = f"{exc}"
+            if outcome is None:
+                continue
+            if outcome == "created":
+                done.created.append(record.number)
+            elif outcome == "repaired":
+                done.repaired.append(record.number)
+            else:
+                done.flagged.append(record.number)
+                if run is not None:
+                    with contextlib.suppress(TrackingError):
+                        self.log(run.info.run_id, tags={LOGGING_ERROR: f"reconcile: {outcome}"[:5000]})
+        return done
+
+    def _reconcile_run(self, study: str, record: TrialRecord, run) -> Optional[str]:
+        """None (already in agreement, or another live worker's), 'created', 'repaired', or why not."""
+        if run is None:
+            run_id = self.start_child(f"trial-{record.number}", "trial",
+                                      {STUDY: study, TRIAL_NUMBER: record.number, STATE: "running"})
+            self.log(run_id, params=record.params)
+            run = _call(self.client.get_run, run_id)
+            created = True
+        else:
+            created = False
+            owner = run.data.tags.get(OWNER)
+            if run.info.status == "RUNNING" and owner != process_owner() and not owner_is_dead(owner):
+                return None  # its worker is alive and may still be logging
+        run_id, data = run.info.run_id, run.data
+        conflicts = sorted(k for k, v in record.params.items() if k in data.params and data.params[k] != str(v))
+        params = {k: v for k, v in record.params.items() if k not in data.params}
+        metrics = {k: v for k, v in record.metrics.items() if k not in data.metrics}
+        needs = (params or metrics or data.tags.get(STATE) != "complete" or FAIL_REASON in data.tags
+                 or run.info.status != "FINISHED" or LOGGING_ERROR in data.tags)
+        if not needs and not created:
+            return None
+        missing = []
+        if record.artifacts or LOGGING_ERROR in data.tags or created or run.info.status != "FINISHED":
+            logged = {a.path for a in _call(self.client.list_artifacts, run_id)}
+            for path in record.artifacts:
+                if Path(path).name not in logged:
+                    self.log_artifacts(run_id, [path])
+                    logged.add(Path(path).name)
+            missing = sorted({"model.onnx", "model.pt"} - logged)
+        self.log(run_id, params=params, metrics=metrics, tags={STATE: "complete"})
+        if FAIL_REASON in data.tags:
+            _call(self.client.delete_tag, run_id, FAIL_REASON)
+        if run.info.status != "FINISHED":
+            self.end(run_id, "FINISHED")
+        if conflicts:
+            return f"params logged with other values than Optuna's: {', '.join(conflicts)}"
+        if missing:
+            return f"artifacts missing: {', '.join(missing)}"
+        if LOGGING_ERROR in data.tags:
+            _call(self.client.delete_tag, run_id, LOGGING_ERROR)  # repaired: nothing is missing any more
+        return "created" if created else "repaired"
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.uri}"
 
-    def log_models(self, run_id: str, onnx_file: Path, model) -> dict[str, str]:
-        """Log a trial's model as MLflow models (ONNX and PyTorch, with signature and input example);
-        their model ids are tagged on the run. `model` is the nn.Module in memory (rebuilt from the
-        baseline, the plan and weights-only loading). Returns the tags."""
+    def log_models(self, run_id: str, onnx_file: Path, model=None) -> dict[str, str]:
+        """Log a trial's model as MLflow models (ONNX, and PyTorch when `model` is given, with signature and
+        input example); their model ids are tagged on the run. `model` is the nn.Module in memory (rebuilt
+        from the baseline, the plan and weights-only loading); without it only the ONNX model is logged,
+        its signature taken from ONNX Runtime. Returns the tags."""
         import logging as _logging
         import warnings
 
@@ -181,15 +415,18 @@ class Tracker:
         import torch
         from mlflow.models import infer_signature
 
-        model = model.eval()
         proto = onnx.load(str(onnx_file))
         tensor = proto.graph.input[0].type.tensor_type
         shape = [d.dim_value if d.dim_value > 0 else 1 for d in tensor.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
         example = (np.random.default_rng(0).standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
                    else np.zeros(shape, dtype=dtype))  # token ids and other integer inputs: valid zeros
-        with torch.no_grad():
-            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+        if model is not None:
+            with torch.no_grad():
+                signature = infer_signature(example, model.eval()(torch.from_numpy(example)).numpy())
+        else:
+            session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+            signature = infer_signature(example, session.run(None, {session.get_inputs()[0].name: example})[0])
         mlflow.set_tracking_uri(self.uri)
         for noisy in ("mlflow", "torch._export", "torch.export"):
             _logging.getLogger(noisy).setLevel(_logging.ERROR)
@@ -198,9 +435,11 @@ class Tracker:
             onnx_info = mlflow.onnx.log_model(proto, name="onnx_model", signature=signature, input_example=example,
                                               onnx_execution_providers=["CPUExecutionProvider"],
                                               pip_requirements=[f"onnxruntime=={onnxruntime.__version__}"])
-            torch_info = mlflow.pytorch.log_model(model, name="pytorch_model", signature=signature,
-                                                  input_example=example,
-                                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        tags = {ONNX_MODEL_ID: onnx_info.model_id, TORCH_MODEL_ID: torch_info.model_id}
+            tags = {ONNX_MODEL_ID: onnx_info.model_id}
+            if model is not None:
+                torch_info = mlflow.pytorch.log_model(model, name="pytorch_model", signature=signature,
+                                                      input_example=example,
+                                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                tags[TORCH_MODEL_ID] = torch_info.model_id
         self.log(run_id, tags=tags)
         return tags
