@@ -238,6 +238,7 @@ def test_early_stop_prunes_a_candidate_trailing_a_faster_one(make_cfg, tmp_path)
 def test_trial_timeout_and_flaky_mlflow_do_not_stop_the_search(make_cfg, tmp_path, monkeypatch):
     """Faults: a trial past search.trial_timeout_s fails with its reason; MLflow failing twice in a row
     is retried; MLflow failing for good on one trial's artifacts leaves the trial complete in Optuna."""
+    import signal
     import time as _time
 
     from autoprune.candidate import CandidateEvaluator
@@ -250,8 +251,9 @@ def test_trial_timeout_and_flaky_mlflow_do_not_stop_the_search(make_cfg, tmp_pat
 
     def slow_second(self, plan, workdir, monitor=None):
         state["evals"] += 1
-        if state["evals"] == 2:
-            _time.sleep(30)  # hangs (interruptible): cut off by the 2 s limit
+        if state["evals"] == 2:  # hangs; its deadline is brought forward to now, so no trial races a clock
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            _time.sleep(3600)
         return original_eval(self, plan, workdir, monitor)
 
     def flaky_batch(self, *args, **kwargs):
@@ -268,12 +270,12 @@ def test_trial_timeout_and_flaky_mlflow_do_not_stop_the_search(make_cfg, tmp_pat
     monkeypatch.setattr(CandidateEvaluator, "evaluate", slow_second)
     monkeypatch.setattr(mlflow_tracker.MlflowClient, "log_batch", flaky_batch)
     monkeypatch.setattr(mlflow_tracker.MlflowClient, "log_artifact", broken_artifacts_of_third_trial)
-    outcome = run(make_cfg("search.n_trials=3", "search.trial_timeout_s=2", "search.warm_start=[0.5,0.25,0.75]"),
+    outcome = run(make_cfg("search.n_trials=3", "search.trial_timeout_s=600", "search.warm_start=[0.5,0.25,0.75]"),
                   tmp_path / "out")
     study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
-    assert "trial_timeout_s=2" in study.trials[1].user_attrs["fail_reason"]
+    assert "trial_timeout_s=600" in study.trials[1].user_attrs["fail_reason"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(study.trials[1].user_attrs["mlflow_run_id"]).info.status == "FAILED"
     third = client.get_run(study.trials[2].user_attrs["mlflow_run_id"])
