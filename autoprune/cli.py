@@ -10,7 +10,6 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from autoprune import interrupts
 from autoprune.errors import AutopruneError
 from autoprune.overrides import check_overrides
 from autoprune.resources import resource_dir
@@ -90,7 +90,7 @@ def run(cfg: DictConfig, output_dir: Path):
 @hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     _quiet_libraries()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `docker stop`: end like Ctrl-C, closing what is open
+    interrupts.install()  # Ctrl-C, `kill`, `docker stop`: end at a point where the open trial and runs can be closed
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except AutopruneError as exc:
@@ -100,10 +100,6 @@ def _hydra_main(cfg: DictConfig) -> None:
         resume = ": finished trials are kept; run the same command again to resume" if cfg.mode == "search" else ""
         print(f"autoprune: interrupted{resume}", file=sys.stderr)
         sys.exit(130)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> None:
