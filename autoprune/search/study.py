@@ -31,22 +31,37 @@ class StorageLost(AutopruneError):
     """search.storage stayed unreachable through every reconnect."""
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors behind it (each one's cause, else its context), outermost first."""
+    chain: list[BaseException] = []
+    error: Optional[BaseException] = exc
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def connection_lost(exc: BaseException) -> bool:
     """A database connection dropped or refused (worth a reconnect), as opposed to a bad query or data.
-    SQLite has no connection to lose: its errors are never retried here."""
-    for error in (exc, exc.__cause__):  # Optuna wraps SQLAlchemy's error in StorageInternalError
-        if isinstance(error, sqlalchemy.exc.DBAPIError):
-            return error.connection_invalidated or (isinstance(error, sqlalchemy.exc.OperationalError)
-                                                    and "sqlite" not in type(error.orig).__module__)
-    return False
+    Optuna wraps SQLAlchemy's error (StorageInternalError), or first tries another query on the dead
+    connection (PendingRollbackError): the whole chain is searched. SQLite has no connection to lose:
+    its errors are never retried here."""
+    return any(isinstance(error, sqlalchemy.exc.DBAPIError) and (
+        error.connection_invalidated or (isinstance(error, sqlalchemy.exc.OperationalError)
+                                         and "sqlite" not in type(error.orig).__module__))
+        for error in _chain(exc))
+
+
+def _root(exc: BaseException) -> str:
+    """What the database said: the first line of the innermost error behind `exc`."""
+    return first_line(_chain(exc)[-1])
 
 
 def reconnecting(call: Callable, what: str) -> Callable:
     """`call`, retried with back-off (`RECONNECT`) while its database connection is lost."""
     def before_sleep(state: tenacity.RetryCallState) -> None:
         log.warning("lost the connection to %s (%s); reconnecting in %.1f s", what,
-                    first_line(state.outcome.exception().__cause__ or state.outcome.exception()),
-                    state.next_action.sleep)
+                    _root(state.outcome.exception()), state.next_action.sleep)
 
     @functools.wraps(call)
     def retried(*args, **kwargs):
@@ -58,7 +73,7 @@ def reconnecting(call: Callable, what: str) -> Callable:
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
             raise StorageLost(f"lost the connection to {what} and could not reconnect "
-                              f"({first_line(last.__cause__ or last)}): finished trials are kept; start the "
+                              f"({_root(last)}): finished trials are kept; start the "
                               "database server and run the same command again to resume") from last
     return retried
 
