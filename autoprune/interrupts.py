@@ -3,10 +3,10 @@ middle of its bookkeeping.
 
 `install()` (the CLI does it) turns SIGINT and SIGTERM into one KeyboardInterrupt. Inside `held()`
 (a trial's bookkeeping: claiming it, starting its MLflow run, telling Optuna, logging results) a
-signal is only recorded; it is raised at the next `allowed()` block inside (the trial's evaluation,
-which the interrupt then fails and retries) or when the outermost `held()` block ends. Once an
-interrupt has been raised, the process is closing what is open: later signals are noted on stderr
-and otherwise ignored (`kill -9` still ends it at once).
+signal is only recorded. It is raised at the next `check()` (between two trials), on entering the
+next `allowed()` block (a trial's evaluation, which the interrupt then fails and retries), or when
+the outermost `held()` block ends. Once an interrupt has been raised the process is closing what is
+open: later signals are noted on stderr and otherwise ignored (`kill -9` still ends it at once).
 
 Without `install()` (the Python API) the blocks change nothing: signals keep their own handlers.
 """
@@ -73,3 +73,9 @@ def allowed() -> Iterator[None]:
         yield
     finally:
         _gate.holding = saved
+
+
+def check() -> None:
+    """Inside a held block, at a point where nothing is half-done: raise a held signal now."""
+    with allowed():
+        pass

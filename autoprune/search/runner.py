@@ -121,8 +121,8 @@ class Search:
         status = "FAILED"
         try:
             baseline = self._measure_baseline()
-            # Ctrl-C / SIGTERM wait for a trial's evaluation (which they fail and retry) or the last trial's
-            # end: never between ask and tell, nor while a trial's MLflow run is opened or closed.
+            # Ctrl-C / SIGTERM land between two trials or in a trial's evaluation (which they fail and retry):
+            # never between ask and tell, nor while a trial's MLflow run is opened or closed.
             with interrupts.held():
                 self._trials(baseline, self._searcher(baseline))
             outcome = self._finish()
@@ -189,6 +189,7 @@ class Search:
     def _next_trial(self, searcher: Searcher) -> optuna.Trial | None:
         """The next trial within the budget: search.n_trials for the study, or for the run group
         shared by all its workers."""
+        interrupts.check()  # a signal held during the last trial's bookkeeping ends the search here
         if self.cfg.search.heartbeat_s:
             optuna.storages.fail_stale_trials(self.study)
         group = self.cfg.search.run_name
