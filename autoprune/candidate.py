@@ -22,6 +22,7 @@ from autoprune.prune.schedule import ScheduleConfig
 from autoprune.prune.sparsity import model_encoding
 from autoprune.recover import RecoverConfig, TrainConfig, evaluate, finetune, make_penalty
 from autoprune.errors import ConfigError, PruningError
+from autoprune.weights import load_into, load_weights, shapes
 from autoprune.tasks import DataSplits
 
 
@@ -36,7 +37,7 @@ class TrialResult:
     params: int
     onnx_bytes: int
     onnx_path: Path
-    model_path: Path
+    model_path: Path      # the state_dict (weights only); CandidateEvaluator.rebuild makes the model again
     seconds: dict = field(default_factory=dict)   # wall time per stage
     weight_sparsity: float = 0.0   # fraction of zeros over all conv / linear weights
     sparse_bytes: int = 0          # parameters with each conv / linear weight in its best (dense/CSR/bitmask) encoding
@@ -55,10 +56,6 @@ class TrialResult:
             "weight_sparsity": float(self.weight_sparsity),
             "sparse_bytes": float(self.sparse_bytes),
         }
-
-
-def _shapes(model: nn.Module) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 @dataclass
@@ -120,6 +117,16 @@ class CandidateEvaluator:
             self._widths = {g.name: g.channels for g in self.engine.groups(self.start_model())}
         return self._widths
 
+    def rebuild(self, plan: PrunePlan, weights: Union[Path, Mapping[str, torch.Tensor]]) -> nn.Module:
+        """A logged candidate's model without unpickling anything: a copy of the baseline pruned to the
+        plan's architecture (kept widths depend on the ratios, not on which channels go), then the logged
+        state_dict loaded weights-only and strictly (WeightsError when it does not fit)."""
+        state = load_weights(weights) if isinstance(weights, (str, Path)) else weights
+        model = copy.deepcopy(self.baseline)
+        skeleton = dataclasses.replace(plan, importance="l2") if needs_gradients(plan.importance) else plan
+        self.engine.apply(model, skeleton)
+        return load_into(model, state, f"the weights of plan {plan.to_json()[:200]}").eval()
+
     def _recover_kwargs(self) -> dict:
         kd = self.recover.kd
         if not kd.enabled:
@@ -162,7 +169,7 @@ class CandidateEvaluator:
             twin = copy.deepcopy(start)
             twin_plan = dataclasses.replace(plan, importance="l2") if needs_gradients(plan.importance) else plan
             self.engine.apply(twin, twin_plan)
-            final_shapes = _shapes(twin)
+            final_shapes = shapes(twin.state_dict())
             lap("prune")
             latency = self.backend.measure(export_model(twin, self.example_input, workdir), self.profile)
             del twin
@@ -179,7 +186,7 @@ class CandidateEvaluator:
         else:
             model, masks, skipped = self._lottery(start, plan, on_epoch)
         lap("finetune")
-        if final_shapes is not None and _shapes(model) != final_shapes:
+        if final_shapes is not None and shapes(model.state_dict()) != final_shapes:
             raise PruningError("the recovered model's architecture differs from the one measured before fine-tuning "
                                f"(schedule {kind}): please report this plan: {plan.to_json()}")
         val_accuracy = evaluate(model, self.data.val)
@@ -189,7 +196,7 @@ class CandidateEvaluator:
         exported = export_model(model, self.example_input, workdir)  # the fine-tuned model.onnx and model.pt
         lap("export")
         return TrialResult(plan, val_accuracy, latency, int(macs), int(params), exported.onnx_path.stat().st_size,
-                           exported.onnx_path, exported.torch_path, seconds, encoding.weight_sparsity,
+                           exported.onnx_path, exported.weights_path, seconds, encoding.weight_sparsity,
                            encoding.sparse, encoding.dense, dict(skipped))
 
     # ------------------------------------------------------------------------------ schedules

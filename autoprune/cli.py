@@ -10,6 +10,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -102,6 +103,18 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
+def _check_writable_cwd(args: list[str]) -> None:
+    """Hydra writes outputs/<date>/<time>/ here, and the default stores (autoprune.db, mlflow.db) live
+    here: a read-only directory would end in a Hydra traceback."""
+    if any(arg.startswith("hydra.run.dir=") for arg in args):
+        return
+    cwd = os.getcwd()
+    if not os.access(cwd, os.W_OK | os.X_OK):
+        raise AutopruneError(f"the working directory {cwd} is not writable (autoprune writes outputs/ and its "
+                             "default stores there): cd to a writable directory, or set hydra.run.dir, "
+                             "search.storage and tracking.uri to writable places")
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args and args[0] == "agent":  # the measurement agent has plain options, not a Hydra config
@@ -112,6 +125,7 @@ def main() -> None:
         sys.argv[1:] = [f"mode={args[0]}", *args[1:]]
     if not any(arg.startswith("-") for arg in sys.argv[1:]):  # --help, --cfg, -m ...: Hydra's own business
         try:  # Hydra would answer a misspelt key or option with several lines and exit 1
+            _check_writable_cwd(sys.argv[1:])
             check_overrides(sys.argv[1:], MODES)
         except AutopruneError as exc:
             print(f"autoprune: error: {exc}", file=sys.stderr)

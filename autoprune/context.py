@@ -78,6 +78,7 @@ def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task
     with `check_export`, exports to ONNX: once per context). Nothing here depends on the weights, so
     an untrained model checks it all."""
     example = task.data.example_batch(profile.batch_size)
+    _check_profile_shape(profile, example)
     _check_inputs(model, example)
     if check_export:
         _check_exportable(model, example)
@@ -89,6 +90,16 @@ def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task
     evaluator = build_evaluator(prune_cfg, OmegaConf.to_container(cfg.recover, resolve=True), model, task.data,
                                 pruner, profile, backend)
     return groups, space, evaluator
+
+
+def _check_profile_shape(profile: HardwareProfile, example: torch.Tensor) -> None:
+    """Candidates are exported at the data's sample shape (only the batch is dynamic): a profile that
+    times another shape could not feed them."""
+    sample = tuple(example.shape[1:])
+    if profile.input_shape is not None and tuple(profile.input_shape) != sample:
+        raise ConfigError(f"hardware profile '{profile.name}' has input_shape {list(profile.input_shape)} but the "
+                          f"task's samples are {list(sample)}: models are exported and timed at the data's shape, "
+                          f"so remove input_shape from the profile or set it to {list(sample)}")
 
 
 def _check_inputs(model: nn.Module, example: torch.Tensor) -> None:

@@ -25,6 +25,10 @@ class MeasurementError(AutopruneError):
     """A latency measurement failed on the target runtime."""
 
 
+class WeightsError(AutopruneError):
+    """A weights file that is not a plain state_dict, or does not fit the model it is loaded into."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for
     one-line error reports."""

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import torch
 from omegaconf import DictConfig
 
 from autoprune.context import build_context
 from autoprune.errors import ConfigError, few
 from autoprune.search.existing import load_existing, study_config
 from autoprune.plan import PrunePlan
+from autoprune.weights import load_weights, shapes
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,6 @@ class Reproduction:
         return "\n".join(rows)
 
 
-def _shapes(model: torch.nn.Module) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
 def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
     if cfg.reproduce.trial is None:
         raise ConfigError("reproduce needs a trial number: add reproduce.trial=<N> (see the report's model column)")
@@ -49,17 +45,15 @@ def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
         fix = "set reproduce.trial to one of them" if done else "run the search first"
         raise ConfigError(f"trial {number} of study '{study.study_name}' did not complete; completed trials: "
                           f"{few(done)}: {fix}")
-    stored = study_config(study)
+    stored = study_config(study, cfg)   # data: its _target_s are checked against an allow-list
     ctx = build_context(stored)
     plan = PrunePlan.from_dict(trial.user_attrs["plan"])
     result = ctx.evaluator.evaluate(plan, Path(output_dir) / "reproduce" / f"trial-{number:04d}")
     run_id = trial.user_attrs["mlflow_run_id"]
-    with tempfile.TemporaryDirectory() as tmp:
-        logged_model = torch.load(tracker.download(run_id, "model.pt", Path(tmp)), map_location="cpu",
-                                  weights_only=False)
-    new_model = torch.load(result.model_path, map_location="cpu", weights_only=False)
+    with tempfile.TemporaryDirectory() as tmp:   # weights only: a crafted model.pt is refused, never run
+        logged_weights = load_weights(tracker.download(run_id, "model.pt", Path(tmp)))
     metrics = tracker.client.get_run(run_id).data.metrics
     logged = {k: metrics[k] for k in ("val_accuracy", "latency_ms", "params", "macs")}
     now = {"val_accuracy": result.val_accuracy, "latency_ms": result.latency.median_ms,
            "params": result.params, "macs": result.macs}
-    return Reproduction(number, _shapes(logged_model) == _shapes(new_model), logged, now)
+    return Reproduction(number, shapes(logged_weights) == shapes(load_weights(result.model_path)), logged, now)

@@ -40,3 +40,26 @@ def yaml_problem(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["syntax error"])[0]
     return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)
+
+
+MAX_YAML_VALUES = 10_000
+
+
+def yaml_size_problem(data, limit: int = MAX_YAML_VALUES) -> str | None:
+    """Why a loaded YAML document is too large to handle, or None. Counts every value as it would be
+    walked, aliases included, and stops at `limit`: a "billion laughs" alias bomb is caught after
+    `limit` steps instead of exhausting memory when printed or hashed."""
+    seen, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return f"it holds more than {limit:,} values (nested aliases?)"
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, str) and len(node) > 100_000:
+            return f"it holds a string of {len(node):,} characters"
+    return None

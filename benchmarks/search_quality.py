@@ -47,13 +47,14 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from autoprune.baseline import load_baseline
 from autoprune.cli import _quiet_libraries, run
+from autoprune.context import build_context
 from autoprune.hw import ExportedModel, export_onnx, get_backend, load_profile
+from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.resources import resource_dir
 from autoprune.search.pareto import normalized_hypervolume
@@ -82,11 +83,14 @@ def one_search(workdir: Path, method: str, seed: int, trials: int, extra: list[s
         cfg = compose("config", overrides=overrides)
     out = workdir / f"{method}-s{seed}"
     outcome = run(cfg, out)
-    test = build_task(cfg.task).data.test
+    ctx = build_context(cfg)   # the baseline is cached: this only rebuilds the evaluator
+    test = ctx.task.data.test
+    study = optuna.load_study(study_name=f"{method}-s{seed}", storage=cfg.search.storage)
+    plans = {t.number: PrunePlan.from_dict(t.user_attrs["plan"]) for t in study.trials if "plan" in t.user_attrs}
     rows = []
     for c in outcome.report.trials:
         folder = out / "trials" / f"{c.trial:04d}"
-        model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)
+        model = ctx.evaluator.rebuild(plans[c.trial], folder / "model.pt")   # weights only
         rows.append((c.val_accuracy, evaluate(model, test), folder / "model.onnx"))
     done = [t for t in optuna.load_study(study_name=f"{method}-s{seed}", storage=cfg.search.storage).trials
             if t.datetime_start and t.datetime_complete]
@@ -119,10 +123,16 @@ def side_by_side(runs: list[dict], rounds: int, seed: int) -> tuple[dict[Path, f
     return {path: float(np.median(t)) for path, t in times.items()}, base_ms
 
 
+def hv(points: list[tuple[float, float]], base_accuracy: float) -> float:
+    """Normalised hypervolume of (accuracy, latency ratio to the baseline) points."""
+    return normalized_hypervolume([{"val_accuracy": a, "latency_ms": r} for a, r in points],
+                                  ["val_accuracy", "latency_ms"], {"val_accuracy": base_accuracy, "latency_ms": 1.0})
+
+
 def scores(points: list[tuple[float, float, float]], base_val: float, base_test: float) -> dict:
     """HV and best speedups of (val acc, test acc, latency ratio to the baseline) points."""
-    return {"hv_val": normalized_hypervolume([(v, r) for v, _, r in points], base_val, 1.0),
-            "hv_test": normalized_hypervolume([(t, r) for _, t, r in points], base_test, 1.0),
+    return {"hv_val": hv([(v, r) for v, _, r in points], base_val),
+            "hv_test": hv([(t, r) for _, t, r in points], base_test),
             "best_val": max((1 / r for v, _, r in points if v >= base_val - 0.01), default=1.0),
             "best_test": max((1 / r for _, t, r in points if t >= base_test - 0.01), default=1.0)}
 
@@ -154,8 +164,8 @@ def ceiling(points: list[tuple[float, float, float]], base_val: float, base_test
     faster (latency falls as channels go); it could only be more accurate than every trial of every method at that latency. A
     ceiling below 1.10x the uniform sweep's HV means no search of this space reaches that ratio."""
     fastest = min(r for _, _, r in points)
-    return {"hv_val": normalized_hypervolume([(max(v for v, _, _ in points), fastest)], base_val, 1.0),
-            "hv_test": normalized_hypervolume([(max(t for _, t, _ in points), fastest)], base_test, 1.0),
+    return {"hv_val": hv([(max(v for v, _, _ in points), fastest)], base_val),
+            "hv_test": hv([(max(t for _, t, _ in points), fastest)], base_test),
             "best_val": float("nan"), "best_test": float("nan")}
 
 

@@ -77,6 +77,24 @@ def study_with_one_trial(tmp: Path) -> tuple[str, ...]:
     return ("done",)
 
 
+def study_of_other_settings(tmp: Path) -> tuple[str, ...]:
+    """A study named 'done' whose stored fingerprint says it was run with other settings."""
+    from autoprune.search.fingerprint import ATTR, PARTS
+
+    study_with_one_trial(tmp)
+    study = optuna.load_study(study_name="done", storage=f"sqlite:///{tmp / 'optuna.db'}")
+    study.set_user_attr(ATTR, {part: "other" for part in PARTS})
+    return ("done",)
+
+
+def alias_bomb(key: str, levels: int = 9) -> str:
+    """A "billion laughs" YAML: 9 ** levels values behind `key`, from a file of a few hundred bytes."""
+    lines = ["l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    return "\n".join([*lines, f"{key}: [{', '.join([f'*l{levels - 1}'] * 9)}]", "runtime: onnxruntime", ""])
+
+
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -129,7 +147,30 @@ CASES = [
          id="accuracy-drop-out-of-range"),
     case("search.warm_start=[1.5]", expect=("search.warm_start ratio 1.5 is outside [0, 1)", "[0.25,0.5]"),
          id="warm-start-ratio-out-of-range"),
+    case("search.resume=maybe", expect=("search.resume='maybe'", "use auto", "or force"), id="unknown-resume-mode"),
+    case("search.study_name=done", setup=study_of_other_settings,
+         expect=("study 'done' was run with a different task.model", "search.resume=force"),
+         id="resume-with-other-settings"),
+    # -- recovery and baseline training ---------------------------------------------------------------
+    case("recover.batch_size=0", expect="recover.batch_size=0 must be an integer >= 1", id="recover-batch-size-0"),
+    case("recover.batch_size=-5", expect="recover.batch_size=-5 must be an integer >= 1", id="recover-batch-size-negative",
+         slow=True),
+    case("recover.lr=-1", expect=("recover.lr=-1 must be a learning rate > 0", "e.g. 0.02"), id="recover-lr-negative"),
+    case("recover.epochs=-1", expect="recover.epochs=-1 must be an integer >= 0", id="recover-epochs-negative"),
+    case("task.train.lr=0", expect="task.train.lr=0 must be a learning rate > 0", id="baseline-lr-zero", slow=True),
     # -- hardware profile ----------------------------------------------------------------------------
+    case("hw={tmp}/hw.yaml", files={"hw.yaml": "runtime: onnxruntime\ninput_shape: [3, 224, 224]\n"},
+         expect=("input_shape [3, 224, 224] but the task's samples are [1, 16, 16]", "set it to [1, 16, 16]"),
+         id="hw-input-shape-disagrees-with-data"),
+    case("hw={tmp}/hw.yaml", files={"hw.yaml": alias_bomb("input_shape")},
+         expect=("is not a flat mapping", "more than 1,000 values"), id="hw-profile-alias-bomb-in-input-shape"),
+    case("hw={tmp}/hw.yaml", files={"hw.yaml": alias_bomb("description")},
+         expect=("is not a flat mapping", "more than 1,000 values"), id="hw-profile-alias-bomb-in-description",
+         slow=True),
+    case("hw={tmp}/hw.yaml", files={"hw.yaml": "runtime: onnxruntime\ndescription: [1, 2]\n"},
+         expect="field 'description' must be a string", id="hw-profile-description-not-a-string", slow=True),
+    case("hw={tmp}/hw.yaml", files={"hw.yaml": "runtime: onnxruntime\nthreads: 10000\n"},
+         expect=("field 'threads' is 10000 but this machine has", "use at most"), id="hw-profile-more-threads-than-cores"),
     case("hw=raspberry-pi-9", expect=("unknown hw_profiles 'raspberry-pi-9'", "cpu-ort-1t"), id="unknown-hw-profile"),
     case("hw={tmp}/hw.yaml", files={"hw.yaml": "name: x\nruntime: [onnxruntime\n"},
          expect=("is not valid YAML (line 3", "fix its syntax"), id="hw-profile-invalid-yaml"),

@@ -25,3 +25,20 @@ def test_cfg_job_shows_the_composed_config(tmp_path):
     result = autoprune("--cfg", "job", "search.n_trials=7", cwd=tmp_path)
     assert result.returncode == 0
     assert "n_trials: 7" in result.stdout and "hw: cpu-ort-1t" in result.stdout
+
+
+def test_a_read_only_working_directory_is_one_line_and_exit_2(tmp_path):
+    import pytest
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        result = autoprune("search.n_trials=1", cwd=ro)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not writable" in lines[0] and "cd to a writable directory" in lines[0]

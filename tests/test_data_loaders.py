@@ -141,3 +141,29 @@ def test_mnist1d_task_config_builds():
     assert task.name == "mnist1d" and task.data.example_batch(1).shape == (1, 1, 40)
     x, _ = task.data.train[0]
     assert task.make_model().eval()(x.unsqueeze(0)).shape == (1, 10)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))   # creating the marker file = code ran
+
+
+def test_cifar_batch_with_a_payload_is_refused_not_executed(cifar_root, tmp_path):
+    marker = tmp_path / "pwned"
+    with open(cifar_root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"labels": [0], b"data": _Payload(marker)}, f)
+    with pytest.raises(ConfigError, match="refused global"):
+        cifar10._read_batch(cifar_root / "cifar-10-batches-py" / "test_batch")
+    assert not marker.exists()
+
+
+def test_cifar_batch_of_the_official_protocol_2_layout_loads(tmp_path):
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    path = tmp_path / "batch"
+    with open(path, "wb") as f:
+        pickle.dump({b"labels": [1, 2], b"data": data}, f, protocol=2)
+    got, labels = cifar10._read_batch(path)
+    assert (got == data).all() and labels.tolist() == [1, 2]

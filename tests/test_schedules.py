@@ -49,8 +49,8 @@ def test_gradual_schedules_end_exactly_where_one_shot_does(schedule, make_cfg, t
     ctx = _context(make_cfg, "recover.epochs=2", f"prune.schedule={schedule}", "prune.iterative.steps=2",
                    "prune.agp.steps=3", "prune.lth.train_epochs=1")
     result = ctx.evaluator.evaluate(plan, tmp_path / schedule)
-    want = torch.load(reference.model_path, weights_only=False)
-    got = torch.load(result.model_path, weights_only=False)
+    want = oneshot.evaluator.rebuild(reference.plan, reference.model_path)
+    got = ctx.evaluator.rebuild(result.plan, result.model_path)
     assert _widths(got) == _widths(want) and result.params == reference.params
     modules = dict(got.named_modules())
     for i, group in enumerate(ctx.groups):
@@ -85,7 +85,7 @@ def test_lottery_ticket_rewinds_survivors_to_the_baseline(make_cfg, tmp_path):
                    "prune.lth.rewind_epoch=0")
     names = [g.name for g in ctx.groups]
     result = ctx.evaluator.evaluate(PrunePlan.uniform(names, 0.5, pattern="unstructured"), tmp_path / "lth")
-    model = torch.load(result.model_path, weights_only=False)
+    model = ctx.evaluator.rebuild(result.plan, result.model_path)
     baseline = dict(ctx.baseline.named_modules())
     for group in ctx.groups:
         for layer in group.layers:
@@ -104,7 +104,7 @@ def test_lottery_ticket_rewinds_channels_in_lockstep(make_cfg, tmp_path):
     ctx = _context(make_cfg, "recover.epochs=0", "prune.schedule=lth", "prune.lth.train_epochs=1")
     names = [g.name for g in ctx.groups]
     result = ctx.evaluator.evaluate(PrunePlan.uniform(names, 0.5), tmp_path / "lth")
-    model = torch.load(result.model_path, weights_only=False)
+    model = ctx.evaluator.rebuild(result.plan, result.model_path)
     w, w0 = model.stem[0].weight, ctx.baseline.stem[0].weight
     assert w.shape[0] == w0.shape[0] // 2
     for row in w:  # every surviving filter is one of the baseline's, untouched

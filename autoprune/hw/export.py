@@ -1,11 +1,11 @@
-"""Export a PyTorch model for measurement: one self-contained, checked ONNX file (plus the module
-itself, for the torch backend)."""
+"""Export a PyTorch model for measurement: one self-contained, checked ONNX file, plus its weights
+(a state_dict, never a pickled module) and the module itself in memory for the torch backend."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -14,16 +14,19 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import ExportError, first_line
+from autoprune.weights import save_weights
 
 OPSET = 17
 
 
 @dataclass(frozen=True)
 class ExportedModel:
-    """A candidate as the backends take it: the ONNX file, and the pickled torch module when saved."""
+    """A candidate as the backends take it: the ONNX file; with export_model also its weights file
+    (state_dict) and the module in memory (what the torch backend times: nothing is unpickled)."""
 
     onnx_path: Path
-    torch_path: Optional[Path] = None
+    weights_path: Optional[Path] = None
+    module: Optional[nn.Module] = field(default=None, compare=False, repr=False)
 
 
 ModelFiles = Union[Path, str, ExportedModel]
@@ -75,10 +78,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
 
 
 def export_model(model: nn.Module, example_input: torch.Tensor, workdir: Path) -> ExportedModel:
-    """`workdir/model.onnx` and `workdir/model.pt` (the whole module, loadable with
-    `torch.load(..., weights_only=False)`): what every backend, torch included, can measure."""
+    """`workdir/model.onnx` and `workdir/model.pt` (the state_dict: rebuild the architecture from the
+    baseline and the plan, autoprune.candidate.CandidateEvaluator.rebuild), plus the module in memory:
+    what every backend, torch included, can measure."""
     workdir = Path(workdir)
     onnx_path = export_onnx(model, example_input, workdir / "model.onnx")
-    torch_path = workdir / "model.pt"
-    torch.save(model, torch_path)
-    return ExportedModel(onnx_path, torch_path)
+    return ExportedModel(onnx_path, save_weights(model, workdir / "model.pt"), model)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -29,7 +30,7 @@ from typing import Optional, Union
 import yaml
 
 from autoprune.errors import ProfileError
-from autoprune.resources import resolve_yaml, yaml_problem
+from autoprune.resources import resolve_yaml, yaml_problem, yaml_size_problem
 
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("fp32", "fp16")
@@ -113,7 +114,7 @@ class HardwareProfile:
 
 def _validate(p: HardwareProfile) -> None:
     def bad(field_name: str, why: str) -> ProfileError:
-        return ProfileError(f"hardware profile '{p.name}': field '{field_name}' {why}")
+        return ProfileError(f"hardware profile {_show(p.name)}: field '{field_name}' {why}")
 
     def positive_int(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -121,33 +122,43 @@ def _validate(p: HardwareProfile) -> None:
     if p.runtime not in RUNTIMES:
         raise bad("runtime", f"is '{p.runtime}'; choose one of {list(RUNTIMES)}")
     if not (p.threads == "all" or positive_int(p.threads)):
-        raise bad("threads", f"must be a positive integer or \"all\", got {p.threads!r}")
+        raise bad("threads", f"must be a positive integer or \"all\", got {_show(p.threads)}")
+    cores = os.cpu_count() or 1
+    if not p.is_remote:  # an agent checks against its own machine's cores
+        for name in ("threads", "inter_op_threads"):
+            value = getattr(p, name)
+            if positive_int(value) and value > cores:
+                raise bad(name, f"is {value} but this machine has {cores} cores: use at most {cores} (or threads: all)")
+    if not isinstance(p.name, str) or not 0 < len(p.name) <= 100 or not p.name.isprintable():
+        raise bad("name", f"must be a printable string of 1-100 characters, got {_show(p.name)}")
+    if not isinstance(p.description, str) or len(p.description) > 1000:
+        raise bad("description", f"must be a string of at most 1000 characters, got {_show(p.description)}")
     for name in ("inter_op_threads", "batch_size", "min_repeats", "max_repeats", "round_to", "workspace_mb"):
         if not positive_int(getattr(p, name)):
-            raise bad(name, f"must be a positive integer, got {getattr(p, name)!r}")
+            raise bad(name, f"must be a positive integer, got {_show(getattr(p, name))}")
     if not isinstance(p.warmup_runs, int) or isinstance(p.warmup_runs, bool) or p.warmup_runs < 0:
-        raise bad("warmup_runs", f"must be an integer >= 0, got {p.warmup_runs!r}")
+        raise bad("warmup_runs", f"must be an integer >= 0, got {_show(p.warmup_runs)}")
     if p.max_repeats < p.min_repeats:
         raise bad("max_repeats", f"({p.max_repeats}) must be >= min_repeats ({p.min_repeats})")
     if not isinstance(p.target_rel_ci, (int, float)) or not 0 < p.target_rel_ci < 1:
-        raise bad("target_rel_ci", f"must be in (0, 1), got {p.target_rel_ci!r}")
+        raise bad("target_rel_ci", f"must be in (0, 1), got {_show(p.target_rel_ci)}")
     for name in ("max_seconds", "agent_timeout_s"):
         value = getattr(p, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise bad(name, f"must be a number > 0, got {value!r}")
+            raise bad(name, f"must be a number > 0, got {_show(value)}")
     if p.graph_optimization not in GRAPH_OPTIMIZATIONS:
-        raise bad("graph_optimization", f"must be one of {list(GRAPH_OPTIMIZATIONS)}, got {p.graph_optimization!r}")
+        raise bad("graph_optimization", f"must be one of {list(GRAPH_OPTIMIZATIONS)}, got {_show(p.graph_optimization)}")
     for name in ("sparse_weights", "io_binding", "profile_layers", "cuda_graphs"):
         if not isinstance(getattr(p, name), bool):
-            raise bad(name, f"must be true or false, got {getattr(p, name)!r}")
+            raise bad(name, f"must be true or false, got {_show(getattr(p, name))}")
     if not isinstance(p.provider, str) or not p.provider.endswith("ExecutionProvider"):
-        raise bad("provider", f"must be an ONNX Runtime provider such as CPUExecutionProvider, got {p.provider!r}")
+        raise bad("provider", f"must be an ONNX Runtime provider such as CPUExecutionProvider, got {_show(p.provider)}")
     if not isinstance(p.device, str) or not _DEVICE.match(p.device):
-        raise bad("device", f"must be cpu, cuda or cuda:N, got {p.device!r}")
+        raise bad("device", f"must be cpu, cuda or cuda:N, got {_show(p.device)}")
     if p.runtime == "tensorrt" and not p.device.startswith("cuda"):
         raise bad("device", "must be cuda or cuda:N for runtime tensorrt")
     if p.precision not in PRECISIONS:
-        raise bad("precision", f"must be one of {list(PRECISIONS)}, got {p.precision!r}")
+        raise bad("precision", f"must be one of {list(PRECISIONS)}, got {_show(p.precision)}")
     if p.precision == "fp16" and not p.uses_cuda:
         raise bad("precision", "fp16 needs a GPU: use precision fp32 on the CPU, or a CUDA provider/device")
     if p.sparse_weights and p.runtime != "tensorrt":
@@ -155,17 +166,24 @@ def _validate(p: HardwareProfile) -> None:
     if p.cuda_graphs and not (p.runtime == "torch" and p.uses_cuda):
         raise bad("cuda_graphs", "needs runtime torch on a cuda device")
     if p.cpu_affinity is not None and not _int_list(p.cpu_affinity, minimum=0):
-        raise bad("cpu_affinity", f"must be a non-empty list of core ids, got {p.cpu_affinity!r}")
+        raise bad("cpu_affinity", f"must be a non-empty list of core ids, got {_show(p.cpu_affinity)}")
     if p.input_shape is not None and not _int_list(p.input_shape, minimum=1):
-        raise bad("input_shape", f"must be a non-empty list of positive integers, got {p.input_shape!r}")
+        raise bad("input_shape", f"must be a non-empty list of positive integers, got {_show(p.input_shape)}")
     if p.agent_url is not None and not (isinstance(p.agent_url, str) and _URL.match(p.agent_url)):
-        raise bad("agent_url", f"must look like http://host:port, got {p.agent_url!r}")
+        raise bad("agent_url", f"must look like http://host:port, got {_show(p.agent_url)}")
     if p.agent_url is not None and p.runtime == "torch":
         raise bad("runtime", "torch cannot be measured by an agent (it takes ONNX models only): "
                              "use onnxruntime or tensorrt with agent_url")
     kind, _, where = p.agent_token.partition(":") if isinstance(p.agent_token, str) else ("", "", "")
     if kind not in ("env", "file") or not where:
-        raise bad("agent_token", f"must be \"env:VARIABLE\" or \"file:PATH\", got {p.agent_token!r}")
+        raise bad("agent_token", f"must be \"env:VARIABLE\" or \"file:PATH\", got {_show(p.agent_token)}")
+
+
+def _show(value) -> str:
+    """repr() for error messages, bounded: a nested alias bomb prints as a few characters."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 6, 6, 60, 60
+    return short.repr(value)
 
 
 def _int_list(values, minimum: int) -> bool:
@@ -198,6 +216,9 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         raise ProfileError(f"hardware profile {path} is not valid YAML ({yaml_problem(exc)}): fix its syntax") from None
     if not isinstance(data, dict):
         raise ProfileError(f"hardware profile {path} must be a YAML mapping of field: value")
+    too_large = yaml_size_problem(data, limit=1000)
+    if too_large:
+        raise ProfileError(f"hardware profile {path} is not a flat mapping of field: value ({too_large}): fix the file")
     data.setdefault("name", Path(path).stem)
     profile = profile_from_dict(data, f"hardware profile {path}")
     return dataclasses.replace(profile, source=str(path))

@@ -4,6 +4,7 @@ for GPUs without ONNX Runtime GPU or TensorRT."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable, Iterator
 
 import torch
@@ -62,21 +63,17 @@ def check_device(profile: HardwareProfile) -> None:
 
 
 class TorchBackend:
-    """LatencyBackend for torch eager mode; needs the pickled module (ExportedModel.torch_path)."""
+    """LatencyBackend for torch eager mode; needs the module in memory (ExportedModel.module)."""
 
     def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
         exported = as_exported(model)
-        if exported.torch_path is None:
+        if exported.module is None:
             raise MeasurementError("runtime torch needs the PyTorch module, not only the ONNX file: pass "
-                                   "ExportedModel(onnx_path, torch_path) (autoprune.hw.export_model writes both)")
+                                   "ExportedModel(onnx_path, module=model) (autoprune.hw.export_model gives both)")
         check_device(profile)
         device = torch.device(profile.device)
         dtype = torch.float16 if profile.precision == "fp16" else torch.float32
-        try:
-            net = torch.load(exported.torch_path, map_location=device, weights_only=False)
-        except Exception as exc:
-            raise MeasurementError(f"cannot load torch module {exported.torch_path}: {exc}") from exc
-        net = net.to(dtype).eval()
+        net = copy.deepcopy(exported.module).to(device=device, dtype=dtype).eval()   # the caller's stays as is
         specs = input_specs(exported.onnx_path, profile)
         if len(specs) != 1:
             raise MeasurementError(f"runtime torch times single-input models; this one has {len(specs)} inputs: "

@@ -88,4 +88,4 @@ class RecoverConfig:
         data = dict(value or {})
         kd = _build(KDConfig, data.pop("kd", None), "recover.kd")
         reg = _build(RegulariserConfig, data.pop("regulariser", None), "recover.regulariser")
-        return cls(_build(TrainConfig, data, "recover"), kd, reg)
+        return cls(TrainConfig.checked("recover", **data), kd, reg)

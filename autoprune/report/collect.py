@@ -33,6 +33,11 @@ class Candidate:
     def label(self) -> str:
         return "baseline" if self.trial < 0 else f"#{self.trial}"
 
+    def metrics(self) -> dict[str, float]:
+        """The metrics an objective can name (autoprune.search.objectives.DIRECTIONS)."""
+        return {"val_accuracy": self.val_accuracy, "latency_ms": self.latency_ms, "params": self.params,
+                "macs": self.macs, "onnx_bytes": self.onnx_bytes}
+
 
 @dataclass(frozen=True)
 class ReportData:
@@ -82,11 +87,12 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1) -> Rep
         ))
     front_numbers = {t.number for t in study.best_trials}
     front = sorted((c for c in candidates if c.trial in front_numbers), key=lambda c: c.latency_ms)
+    objectives = study.metric_names or ["val_accuracy", "latency_ms"]   # studies of before set_metric_names
     hv, points = [], []
     for c in candidates:
         if c.feasible:
-            points.append((c.val_accuracy, c.latency_ms))
-        hv.append((c.trial, normalized_hypervolume(points, baseline.val_accuracy, baseline.latency_ms, max_drop)))
+            points.append(c.metrics())
+        hv.append((c.trial, normalized_hypervolume(points, objectives, baseline.metrics(), max_drop)))
     fingerprint = {k[3:]: v for k, v in base_run.data.params.items() if k.startswith("hw.")}
     n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)
     return ReportData(study.study_name, baseline, candidates, front, n_failed, hv, fingerprint, max_drop)

@@ -3,11 +3,12 @@ and before the search creates a study, an MLflow run or a trained baseline."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from autoprune.errors import ConfigError
 from autoprune.hw import load_profile
 from autoprune.hw.backend import check_ready
+from autoprune.recover import RecoverConfig
 from autoprune.search.searchers import check_nni
 
 
@@ -18,6 +19,10 @@ def check_search(cfg: DictConfig) -> None:
         if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0:
             raise ConfigError(f"search.warm_start ratio {ratio!r} is outside [0, 1): give pruning ratios such as "
                               "search.warm_start=[0.25,0.5] (or [] for none)")
+    if cfg.search.get("resume", "auto") not in ("auto", "force"):
+        raise ConfigError(f"search.resume={cfg.search.resume!r}: use auto (resume a study only with the same "
+                          "settings) or force (resume it whatever changed)")
     if cfg.search.backend == "nni":
         check_nni(str(cfg.search.nni.tuner))
+    RecoverConfig.coerce(OmegaConf.to_container(cfg.recover, resolve=True))   # recover.lr=-1 & co: before any trial
     check_ready(load_profile(cfg.hw))

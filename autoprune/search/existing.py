@@ -1,6 +1,14 @@
-"""Open the study and MLflow experiment of a search that already ran (for report, pick, reproduce)."""
+"""Open the study and MLflow experiment of a search that already ran (for report, pick, reproduce).
+
+A study's stored config is *data*: anyone who can write to a shared storage can change it, so it is
+never instantiated as it stands. Every `_target_` in it must be autoprune's own or one the user gave
+in this command's own config (`task.model._target_=pkg.Net` on the command line); anything else —
+`pandas.read_pickle` with a URL, `os.system` — is refused before a single import.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Iterator
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -9,6 +17,8 @@ from autoprune.errors import ConfigError
 from autoprune.search.study import find_study, open_storage
 from autoprune.track import Tracker
 
+OWN_TARGETS = "autoprune."   # the project's own factories (tasks.zoo, tasks.models, tasks.data ...)
+
 
 def load_existing(cfg: DictConfig) -> tuple[optuna.Study, Tracker]:
     storage = open_storage(cfg.search.storage)
@@ -16,9 +26,46 @@ def load_existing(cfg: DictConfig) -> tuple[optuna.Study, Tracker]:
     return study, Tracker(cfg.tracking.uri, cfg.tracking.experiment)
 
 
-def study_config(study: optuna.Study) -> DictConfig:
-    """The resolved config the study's trials were run with."""
+def _targets(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every `_target_` in a plain container tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield dotted, value
+            else:
+                yield from _targets(value, dotted)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{path}[{i}]")
+
+
+def _interpolations(node: Any, path: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _interpolations(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _interpolations(value, f"{path}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        yield path
+
+
+def study_config(study: optuna.Study, cli: DictConfig) -> DictConfig:
+    """The resolved config the study's trials were run with, checked against the allow-list: every
+    `_target_` is autoprune's own or one this command's config (`cli`, composed from the command line)
+    names too. The stored config was saved resolved, so it holds no interpolation either."""
     stored = study.user_attrs.get("config")
-    if stored is None:
+    if not isinstance(stored, dict):
         raise ConfigError(f"study '{study.study_name}' carries no config (it was not created by autoprune)")
+    trusted = {value for _, value in _targets(OmegaConf.to_container(cli, resolve=False))}
+    for key, target in _targets(stored):
+        if not isinstance(target, str) or not (target.startswith(OWN_TARGETS) or target in trusted):
+            shown = repr(target)[:120]
+            raise ConfigError(f"study '{study.study_name}' names {key}={shown}, which is neither autoprune's nor "
+                              f"given in this command: stored configs are not trusted to run code; if you trust "
+                              f"it, add {key}={target if isinstance(target, str) else '<factory>'} to the command")
+    for key in _interpolations(stored):
+        raise ConfigError(f"study '{study.study_name}' has an interpolation at {key} in its stored config "
+                          "(autoprune stores configs resolved): the storage was changed by hand; refusing it")
     return OmegaConf.create(stored)

@@ -1,45 +1,49 @@
-"""Pareto front utilities for (maximise accuracy, minimise latency)-style objectives."""
+"""Pareto-front quality: hypervolume of a search's trials, normalised to [0, 1], for any objectives.
+
+Each objective is mapped to a loss in [0, 1] relative to the baseline scored in the same run, and
+Optuna's exact hypervolume (WFG, any number of dimensions) is taken against the reference point
+(1, ..., 1), so the box has volume 1:
+
+    val_accuracy (maximised)   loss = 1 - clip((acc - (baseline_acc - max_drop)) / max_drop, 0, 1)
+                               0 = at or above the baseline's accuracy, 1 = max_drop below it or worse
+    anything minimised         loss = clip(value / baseline_value, 0, 1)
+    (latency_ms, params, ...)  0 = free, 1 = as costly as the unpruned baseline or more
+
+0 = nothing useful found; 1 = a model at no accuracy loss and no cost. With the default objectives
+this is the area of the accuracy-vs-latency front within `max_drop` of the baseline, divided by the
+box's area. Comparable across searches of the same task, objectives and profile.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
+
+import numpy as np
+from optuna._hypervolume import compute_hypervolume   # exact, any dimension (pinned optuna: constraints.txt)
+
+from autoprune.search.objectives import DIRECTIONS
 
 
-def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """True if `a` is at least as good as `b` everywhere and better somewhere."""
-    better = False
-    for x, y, d in zip(a, b, directions):
-        if d == "maximize":
-            x, y = -x, -y
-        if x > y:
-            return False
-        if x < y:
-            better = True
-    return better
+def losses(metrics: Mapping[str, float], objectives: Sequence[str], baseline: Mapping[str, float],
+           max_drop: float) -> list[float]:
+    """One trial's objectives as losses in [0, 1] (see the module docstring)."""
+    out = []
+    for name in objectives:
+        value, base = float(metrics[name]), float(baseline[name])
+        if DIRECTIONS[name] == "maximize":
+            gain = (value - (base - max_drop)) / max_drop if max_drop > 0 else float(value >= base)
+            out.append(1.0 - min(1.0, max(0.0, gain)))
+        else:
+            out.append(min(1.0, max(0.0, value / base)) if base > 0 else 1.0)
+    return out
 
 
-def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
-    """Indices of the points no other point dominates (duplicates all kept)."""
-    return [i for i, p in enumerate(points)
-            if not any(dominates(q, p, directions) for j, q in enumerate(points) if j != i)]
-
-
-def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """Area dominated by (accuracy ↑, latency ↓) points and bounded by `reference` = (min acc, max latency)."""
-    ref_acc, ref_lat = reference
-    pts = sorted({(a, l) for a, l in points if a > ref_acc and l < ref_lat}, key=lambda p: p[1])
-    area, best_acc = 0.0, ref_acc
-    for i, (acc, lat) in enumerate(pts):
-        best_acc = max(best_acc, acc)
-        next_lat = pts[i + 1][1] if i + 1 < len(pts) else ref_lat
-        area += (best_acc - ref_acc) * (next_lat - lat)
-    return area
-
-
-def normalized_hypervolume(points: Sequence[tuple[float, float]], baseline_accuracy: float,
-                           baseline_latency: float, max_drop: float = 0.1) -> float:
-    """Hypervolume of (accuracy, latency) points in the box [baseline_accuracy - max_drop, ∞) ×
-    [0, baseline_latency], divided by the box's area: 0 = nothing useful found, 1 = a model with
-    zero latency at no accuracy loss. Comparable across searches of the same task and profile."""
-    reference = (baseline_accuracy - max_drop, baseline_latency)
-    return hypervolume_2d(points, reference) / (max_drop * baseline_latency)
+def normalized_hypervolume(trials: Sequence[Mapping[str, float]], objectives: Sequence[str],
+                           baseline: Mapping[str, float], max_drop: float = 0.1) -> float:
+    """Hypervolume in [0, 1] of `trials` (each a mapping metric -> value, feasible ones only) for
+    `objectives`, relative to the `baseline`'s metrics."""
+    points = np.array([losses(t, objectives, baseline, max_drop) for t in trials], dtype=float)
+    points = points[(points < 1.0).all(axis=1)] if len(points) else points   # on the box's edge: no volume
+    if len(points) == 0:
+        return 0.0
+    return float(compute_hypervolume(points, np.ones(len(objectives))))

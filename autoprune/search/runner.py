@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import torch
 import torch_pruning as tp
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +24,7 @@ from autoprune.candidate import TrialResult
 from autoprune.context import SearchContext, build_context
 from autoprune.deploy import write_bundle
 from autoprune.errors import ConfigError
-from autoprune.hw import export_model
+from autoprune.hw import LatencyStats, export_model, load_profile
 from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
@@ -33,6 +32,7 @@ from autoprune.search.pareto import normalized_hypervolume
 from autoprune.search.deadline import deadline
 from autoprune.search.checks import check_search
 from autoprune.search.early_stop import ParetoStopper
+from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerprint, study_fingerprint
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
@@ -80,14 +80,22 @@ class Search:
         sampler = make_sampler(cfg.search.sampler, int(cfg.seed), int(cfg.search.population_size))
         self.stale = StaleTrialHandler(int(cfg.search.max_retry))
 
+        self.fingerprint = study_fingerprint(cfg, load_profile(cfg.hw).digest())
+
         def open_records() -> None:  # after the cheap checks, before the baseline trains: a bad URL fails fast
             self.storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, self.stale)
+            if cfg.search.study_name:  # a named study may hold another search's trials: refuse to mix them
+                check_fingerprint(str(cfg.search.study_name), stored_fingerprint(self.storage, cfg.search.study_name),
+                                  self.fingerprint, force=cfg.search.resume == "force")
             self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
 
         self.ctx: SearchContext = build_context(cfg, before_baseline=open_records)  # trains the baseline if not cached
         self.stale.on_stale = self._close_stale_run
         self.study_name = self.ctx.study_name
         self.study = open_study(self.storage, self.study_name, sampler, self.objectives.directions)
+        self.study.set_metric_names(list(self.objectives.names))   # the report, optuna-dashboard: named axes
+        if ATTR not in self.study.user_attrs or cfg.search.resume == "force":
+            self.study.set_user_attr(ATTR, self.fingerprint)
         self.heartbeat = Heartbeat(self.storage, float(cfg.search.heartbeat_s or 0))
         stop = cfg.search.early_stop
         self.stopper = ParetoStopper(self.study, float(stop.margin), int(stop.min_epoch)) if stop.enabled else None
@@ -137,8 +145,21 @@ class Search:
     def _measure_baseline(self) -> dict:
         """Score and time the unpruned model in this run, so speedups are ratios taken side by side."""
         ctx = self.ctx
-        model, data, example = ctx.baseline, ctx.task.data, ctx.evaluator.example_input
         run_id = self.tracker.start_child("baseline", "baseline", {STUDY: self.study_name})
+        try:
+            metrics, latency, n_params = self._score_baseline(run_id)
+        except BaseException:   # not left RUNNING: the search's failure is the baseline run's too
+            self._mlflow("closing the baseline run", lambda: self.tracker.end(run_id, "FAILED"))
+            raise
+        self.tracker.end(run_id)
+        log.info("baseline (%s): val %.2f%% test %.2f%% | %.3f ms median (cv %.2f%%, n=%d) | %s params",
+                 ctx.baseline_origin, 100 * metrics["val_accuracy"], 100 * metrics["test_accuracy"],
+                 latency.median_ms, 100 * latency.cv, latency.n, f"{int(n_params):,}")
+        return metrics
+
+    def _score_baseline(self, run_id: str) -> tuple[dict, LatencyStats, int]:
+        ctx = self.ctx
+        model, data, example = ctx.baseline, ctx.task.data, ctx.evaluator.example_input
         with tempfile.TemporaryDirectory() as tmp:
             exported = export_model(model, example, Path(tmp))
             latency = ctx.backend.measure(exported, ctx.profile, fresh=True)  # never cached: side by side
@@ -150,11 +171,7 @@ class Search:
                              params={f"hw.{k}": v for k, v in latency.fingerprint.items()})
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
             self.tracker.log_artifacts(run_id, [exported.onnx_path, Path(tmp) / "latency.json"])
-        self.tracker.end(run_id)
-        log.info("baseline (%s): val %.2f%% test %.2f%% | %.3f ms median (cv %.2f%%, n=%d) | %s params",
-                 ctx.baseline_origin, 100 * metrics["val_accuracy"], 100 * metrics["test_accuracy"],
-                 latency.median_ms, 100 * latency.cv, latency.n, f"{int(n_params):,}")
-        return metrics
+        return metrics, latency, n_params
 
     def _searcher(self, baseline: dict) -> Searcher:
         search = self.cfg.search
@@ -214,10 +231,10 @@ class Search:
                 result = self._one_trial(trial, plan, searcher, baseline)
             complete = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
             feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
-            hv = normalized_hypervolume([(t.user_attrs["val_accuracy"], t.user_attrs["latency_ms"]) for t in feasible],
-                                        baseline["val_accuracy"], baseline["latency_ms"], max_drop)
-            self.tracker.log(self.tracker.parent_id, metrics={"hypervolume": hv, "completed_trials": len(complete)},
-                             step=trial.number)
+            hv = normalized_hypervolume([t.user_attrs for t in feasible], self.objectives.names, baseline, max_drop)
+            self._mlflow("search progress", lambda: self.tracker.log(
+                self.tracker.parent_id, metrics={"hypervolume": hv, "completed_trials": len(complete)},
+                step=trial.number))
             elapsed = time.perf_counter() - started
             progress = (f"front {len(self.study.best_trials)} | hv {hv:.3f} | {_fmt_time(elapsed)} elapsed, "
                         f"ETA {_fmt_time(elapsed / (i + 1) * max(0, n_trials - position))}")
@@ -301,23 +318,24 @@ class Search:
             self._mlflow("closing a trial run", lambda: (self.tracker.log(run_id, tags=tags),
                                                          self.tracker.end(run_id, status)))
 
-    def _finish_pareto_model(self, run) -> None:
-        """Test accuracy (evaluated once) and MLflow models (logged once) of a Pareto trial's run."""
+    def _finish_pareto_model(self, run, plan: PrunePlan) -> None:
+        """Test accuracy (evaluated once) and MLflow models (logged once) of a Pareto trial's run. The
+        model is rebuilt from the baseline and the trial's plan (from Optuna) with the logged weights
+        loaded weights-only: nothing read back from the artifact store is executed."""
         run_id = run.info.run_id
         if "test_accuracy" in run.data.metrics and ONNX_MODEL_ID in run.data.tags:
             return
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
-            torch_file = self.tracker.download(run_id, "model.pt", Path(tmp))
+            model = self.ctx.evaluator.rebuild(plan, self.tracker.download(run_id, "model.pt", Path(tmp)))
             if "test_accuracy" not in run.data.metrics:
-                model = torch.load(torch_file, map_location="cpu", weights_only=False)
                 self.tracker.log(run_id, metrics={"test_accuracy": evaluate(model, self.ctx.task.data.test)})
             if ONNX_MODEL_ID not in run.data.tags:
-                self.tracker.log_models(run_id, onnx_file, torch_file)
+                self.tracker.log_models(run_id, onnx_file, model)
 
     def _finish(self) -> SearchOutcome:
         """Pareto models: test accuracy (once), MLflow models, pareto tags; then the report."""
-        front = {t.number for t in self.study.best_trials}
+        front = {t.number: t for t in self.study.best_trials}
         for run in self.tracker.trial_runs(self.study_name):
             number, run_id = int(run.data.tags[TRIAL_NUMBER]), run.info.run_id
             on_front = number in front
@@ -325,7 +343,7 @@ class Search:
             if not on_front or run.info.status != "FINISHED" or "autoprune.logging_error" in run.data.tags:
                 continue
             try:
-                self._finish_pareto_model(run)
+                self._finish_pareto_model(run, PrunePlan.from_dict(front[number].user_attrs["plan"]))
             except Exception as exc:  # MLflow trouble: the model keeps its Optuna record and report row
                 log.warning("Pareto model #%d: test accuracy / MLflow models skipped (%s)", number, _one_line(exc))
         data = collect(self.study, self.tracker, float(self.cfg.search.hv_max_drop))

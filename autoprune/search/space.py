@@ -37,7 +37,7 @@ from autoprune.errors import ConfigError
 from autoprune.plan import DEFAULT_BLOCK, DEFAULT_NM, MASK_PATTERNS, PATTERNS, GroupPlan, PrunePlan
 from autoprune.prune.importance import IMPORTANCES
 from autoprune.prune.saliency import CHANNEL_ONLY
-from autoprune.resources import resolve_yaml, yaml_problem
+from autoprune.resources import resolve_yaml, yaml_problem, yaml_size_problem
 
 PARAM_PREFIX = "ratio."
 PATTERN_PREFIX = "pattern."
@@ -293,4 +293,7 @@ def load_space(name_or_path: str, all_groups: Sequence, default_importance: str 
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"search space {path} is not valid YAML ({yaml_problem(exc)}): fix its syntax") from None
+    too_large = yaml_size_problem(data)
+    if too_large:
+        raise ConfigError(f"search space {path} is too large to read ({too_large}): fix the file")
     return build_space(data, all_groups, default_importance, where=f"search space {path}", defaults=defaults)

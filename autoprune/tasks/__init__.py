@@ -54,7 +54,7 @@ def build_task(cfg: DictConfig) -> Task:
         return model
 
     checkpoint = Path(cfg.checkpoint).expanduser() if cfg.get("checkpoint") else None
-    train = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    train = TrainConfig.checked("task.train", **OmegaConf.to_container(cfg.train, resolve=True))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     key = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Task(cfg.name, make_model, data, train, checkpoint, key)

@@ -2,8 +2,8 @@
 
 Expected files, in `root` or in `root/cifar-10-batches-py`: data_batch_1 ... data_batch_5 and test_batch.
 Each is a pickled dict with b"data" (uint8 [10000, 3072]: 1024 red, 1024 green, 1024 blue values, each a
-row-major 32x32 plane) and b"labels" (10000 ints in 0..9). The files are unpickled, so only use the
-official archive or files you made yourself.
+row-major 32x32 plane) and b"labels" (10000 ints in 0..9). They are read with a restricted unpickler
+that builds only plain containers and numpy arrays: a crafted file cannot run code (it is refused).
 
 Memory: the full set as float32 is about 0.7 GB (60,000 x 3 x 32 x 32 x 4 bytes); `limit` caps it.
 """
@@ -41,10 +41,24 @@ def find_batches(root: Union[str, Path]) -> Path:
     raise ConfigError(f"CIFAR-10 python batches not found in {root}{which}: {HOW_TO_GET}")
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Only what a CIFAR-10 batch holds: dicts, lists, bytes, numbers and numpy arrays. Any other global
+    (os.system, builtins.eval, ...) is refused before it is looked up."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (not part of a CIFAR-10 batch)")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as exc:  # truncated file, wrong format, missing keys

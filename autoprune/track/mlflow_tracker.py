@@ -165,9 +165,10 @@ class Tracker:
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.uri}"
 
-    def log_models(self, run_id: str, onnx_file: Path, torch_file: Path) -> dict[str, str]:
+    def log_models(self, run_id: str, onnx_file: Path, model) -> dict[str, str]:
         """Log a trial's model as MLflow models (ONNX and PyTorch, with signature and input example);
-        their model ids are tagged on the run. Returns the tags."""
+        their model ids are tagged on the run. `model` is the nn.Module in memory (rebuilt from the
+        baseline, the plan and weights-only loading). Returns the tags."""
         import logging as _logging
         import warnings
 
@@ -180,7 +181,7 @@ class Tracker:
         import torch
         from mlflow.models import infer_signature
 
-        model = torch.load(torch_file, map_location="cpu", weights_only=False).eval()
+        model = model.eval()
         proto = onnx.load(str(onnx_file))
         tensor = proto.graph.input[0].type.tensor_type
         shape = [d.dim_value if d.dim_value > 0 else 1 for d in tensor.shape.dim]
