@@ -19,7 +19,7 @@ from conftest import FAST
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # this checkout's autoprune
 
 
 def _command(tmp_path: Path, n_trials: int) -> list[str]:
@@ -39,16 +39,27 @@ def _states(db: Path) -> list[str]:
             return []
 
 
-def _wait_until_mid_trial(proc: subprocess.Popen, db: Path, completed: int, timeout: float = 240) -> None:
-    """Until `completed` trials are complete and the next one has run for a moment."""
+def _in_evaluation(db: Path) -> bool:
+    """A RUNNING trial whose MLflow run has its params: the search is in that trial's evaluation."""
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            runs = [row[0].strip('"') for row in conn.execute(
+                "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'")]
+        with sqlite3.connect(db.parent / "mlflow.db", timeout=30) as conn:
+            return any(conn.execute("SELECT 1 FROM params WHERE run_uuid = ?", (run,)).fetchone() for run in runs)
+    except sqlite3.OperationalError:  # tables not created yet
+        return False
+
+
+def _wait_until_mid_trial(proc: subprocess.Popen, db: Path, completed: int, timeout: float = 600) -> None:
+    """Until `completed` trials are complete and the next one is in its evaluation (an event, polled:
+    `timeout` only ends a hung test)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        states = _states(db)
-        if states.count("COMPLETE") >= completed and "RUNNING" in states:
-            time.sleep(0.3)  # inside the trial (pruning / fine-tuning), not between two of them
-            if "RUNNING" in _states(db):
-                return
+        if _states(db).count("COMPLETE") >= completed and _in_evaluation(db):
+            return
         time.sleep(0.05)
     raise AssertionError(f"no running trial after {completed} complete ones within {timeout} s")
 
