@@ -82,7 +82,7 @@ def test_killed_search_resumes_to_exactly_the_asked_trials(tmp_path, sig):
     killed = states.index("RUNNING" if sig == signal.SIGKILL else "FAIL")
 
     second = subprocess.run(_command(tmp_path, 4), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
     trials = study.get_trials()
@@ -103,7 +103,7 @@ def test_killed_search_resumes_to_exactly_the_asked_trials(tmp_path, sig):
     trial_runs = [r for r in runs if r.data.tags.get("autoprune.role") == "trial"]
     assert sorted(r.info.status for r in trial_runs).count("FINISHED") == 4
 
-    third = subprocess.run(_command(tmp_path, 4), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    third = subprocess.run(_command(tmp_path, 4), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0 and "budget of 4 trials is spent" in third.stdout + third.stderr
     assert len(optuna.load_study(study_name="resume", storage=f"sqlite:///{db}").get_trials()) == len(trials)
 
@@ -111,7 +111,7 @@ def test_killed_search_resumes_to_exactly_the_asked_trials(tmp_path, sig):
 def test_two_workers_on_one_sqlite_study_share_its_budget(tmp_path):
     """Same command in two processes on one SQLite file: exactly n_trials trials in all, none failed,
     every trial's MLflow run finished."""
-    warm = subprocess.run(_command(tmp_path, 0), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    warm = subprocess.run(_command(tmp_path, 0), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert warm.returncode == 0, warm.stderr[-3000:]  # trains and caches the baseline once
     workers = [subprocess.Popen(_command(tmp_path, 6), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
