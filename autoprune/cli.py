@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from autoprune import interrupts
 from autoprune.errors import AutopruneError
 from autoprune.overrides import check_overrides
 from autoprune.resources import resource_dir
@@ -91,7 +91,7 @@ def run(cfg: DictConfig, output_dir: Path):
 @hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     _quiet_libraries()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `docker stop`: end like Ctrl-C, closing what is open
+    interrupts.install()  # Ctrl-C, `kill`, `docker stop`: end at a point where the open trial and runs can be closed
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except AutopruneError as exc:
@@ -101,10 +101,6 @@ def _hydra_main(cfg: DictConfig) -> None:
         resume = ": finished trials are kept; run the same command again to resume" if cfg.mode == "search" else ""
         print(f"autoprune: interrupted{resume}", file=sys.stderr)
         sys.exit(130)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _check_writable_cwd(args: list[str]) -> None:

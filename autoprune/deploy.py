@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, first_line
 from autoprune.report.collect import ReportData
 from autoprune.track import Tracker
 
@@ -47,12 +47,16 @@ def write_bundle(data: ReportData, tracker: Tracker, out_dir: Path) -> Path:
     for c in data.front:
         target = out_dir / "models" / f"trial-{c.trial:04d}.onnx"
         if not target.exists():
-            try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    Path(tracker.download(c.run_id, "model.onnx", Path(tmp))).replace(target)
-            except Exception as exc:  # its MLflow run holds no model (logging failed): leave it out
-                log.warning("bundle: %s left out, its ONNX is not in MLflow (%s)", c.label, type(exc).__name__)
-                continue
+            # downloaded beside the target, then renamed into place: never half-written, and never a
+            # rename across filesystems ($TMPDIR on another one fails with EXDEV)
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+                try:
+                    downloaded = Path(tracker.download(c.run_id, "model.onnx", Path(tmp)))
+                except Exception as exc:  # its MLflow run holds no model (logging failed): leave it out
+                    log.warning("bundle: %s left out, its ONNX could not be downloaded from MLflow (%s)",
+                                c.label, first_line(exc))
+                    continue
+                downloaded.replace(target)
         models.append(BundledModel(c.label, str(target.relative_to(out_dir)), c.val_accuracy, c.latency_ms))
     index = out_dir / "bundle.json"
     index.write_text(json.dumps({"study": data.study_name, "profile": data.fingerprint,

@@ -19,7 +19,7 @@ from conftest import FAST
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # this checkout's autoprune
 
 
 def _command(tmp_path: Path, n_trials: int) -> list[str]:
@@ -39,16 +39,27 @@ def _states(db: Path) -> list[str]:
             return []
 
 
-def _wait_until_mid_trial(proc: subprocess.Popen, db: Path, completed: int, timeout: float = 240) -> None:
-    """Until `completed` trials are complete and the next one has run for a moment."""
+def _in_evaluation(db: Path) -> bool:
+    """A RUNNING trial whose MLflow run has its params: the search is in that trial's evaluation."""
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            runs = [row[0].strip('"') for row in conn.execute(
+                "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'")]
+        with sqlite3.connect(db.parent / "mlflow.db", timeout=30) as conn:
+            return any(conn.execute("SELECT 1 FROM params WHERE run_uuid = ?", (run,)).fetchone() for run in runs)
+    except sqlite3.OperationalError:  # tables not created yet
+        return False
+
+
+def _wait_until_mid_trial(proc: subprocess.Popen, db: Path, completed: int, timeout: float = 600) -> None:
+    """Until `completed` trials are complete and the next one is in its evaluation (an event, polled:
+    `timeout` only ends a hung test)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        states = _states(db)
-        if states.count("COMPLETE") >= completed and "RUNNING" in states:
-            time.sleep(0.3)  # inside the trial (pruning / fine-tuning), not between two of them
-            if "RUNNING" in _states(db):
-                return
+        if _states(db).count("COMPLETE") >= completed and _in_evaluation(db):
+            return
         time.sleep(0.05)
     raise AssertionError(f"no running trial after {completed} complete ones within {timeout} s")
 
@@ -71,7 +82,7 @@ def test_killed_search_resumes_to_exactly_the_asked_trials(tmp_path, sig):
     killed = states.index("RUNNING" if sig == signal.SIGKILL else "FAIL")
 
     second = subprocess.run(_command(tmp_path, 4), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
     trials = study.get_trials()
@@ -92,7 +103,7 @@ def test_killed_search_resumes_to_exactly_the_asked_trials(tmp_path, sig):
     trial_runs = [r for r in runs if r.data.tags.get("autoprune.role") == "trial"]
     assert sorted(r.info.status for r in trial_runs).count("FINISHED") == 4
 
-    third = subprocess.run(_command(tmp_path, 4), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    third = subprocess.run(_command(tmp_path, 4), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0 and "budget of 4 trials is spent" in third.stdout + third.stderr
     assert len(optuna.load_study(study_name="resume", storage=f"sqlite:///{db}").get_trials()) == len(trials)
 
@@ -100,7 +111,7 @@ def test_killed_search_resumes_to_exactly_the_asked_trials(tmp_path, sig):
 def test_two_workers_on_one_sqlite_study_share_its_budget(tmp_path):
     """Same command in two processes on one SQLite file: exactly n_trials trials in all, none failed,
     every trial's MLflow run finished."""
-    warm = subprocess.run(_command(tmp_path, 0), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    warm = subprocess.run(_command(tmp_path, 0), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert warm.returncode == 0, warm.stderr[-3000:]  # trains and caches the baseline once
     workers = [subprocess.Popen(_command(tmp_path, 6), cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]

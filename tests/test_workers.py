@@ -1,4 +1,5 @@
-"""Many workers on one study: PostgreSQL at 127.0.0.1:5432 (trust auth), real subprocesses."""
+"""Many workers on one study: PostgreSQL at 127.0.0.1:5432 (trust auth), real subprocesses; the study
+lock and the retry of a lost trial."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import FAST
 
-pytestmark = pytest.mark.slow
 PG = "postgresql://postgres@127.0.0.1:5432"
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 
 
 def _pg_available() -> bool:
@@ -50,9 +51,10 @@ def _command(tmp_path, optuna_url, mlflow_url, *extra):
             f"cache_dir={tmp_path / 'cache'}", "search.study_name=workers", *extra]
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_budget_and_one_parent_run(tmp_path, databases):
     optuna_url, mlflow_url = databases
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = ENV
     # train and cache the baseline once, so the workers start together
     warm = subprocess.run(_command(tmp_path, optuna_url, mlflow_url, "search.n_trials=0"), cwd=tmp_path,
                           capture_output=True, text=True, env=env, timeout=300)
@@ -81,6 +83,7 @@ def test_four_workers_share_one_budget_and_one_parent_run(tmp_path, databases):
     assert all(t.data.tags["autoprune.state"] == "complete" for t in trials)
 
 
+@pytest.mark.slow
 def test_stale_trial_of_a_dead_worker_is_failed_closed_and_retried(tmp_path, databases):
     """A worker killed mid-trial leaves a RUNNING trial; the next worker (same host: it sees the owner
     process is gone) fails it, closes its MLflow run and retries it, and the group still ends with its
@@ -89,7 +92,7 @@ def test_stale_trial_of_a_dead_worker_is_failed_closed_and_retried(tmp_path, dat
     import time
 
     optuna_url, mlflow_url = databases
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = ENV
     args = ["search.run_name=crash", "search.n_trials=3", "search.warm_start=[]", "search.heartbeat_s=1",
             "recover.epochs=30"]
     victim = subprocess.Popen(_command(tmp_path, optuna_url, mlflow_url, *args, f"hydra.run.dir={tmp_path / 'v'}"),
@@ -119,3 +122,58 @@ def test_stale_trial_of_a_dead_worker_is_failed_closed_and_retried(tmp_path, dat
     assert len(retried) == 1 and retried[0].params == killed[0].params
     run = MlflowClient(mlflow_url).get_run(killed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and "worker process gone" in run.data.tags["autoprune.fail_reason"]
+
+
+HOLD = """
+import sys
+from autoprune.search.workers import shared_lock
+with shared_lock(sys.argv[1], "s", None):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_sqlite_study_lock_excludes_other_processes(tmp_path):
+    """Another process holding the study lock (the file lock beside the SQLite database) keeps this one out
+    until it lets go."""
+    import filelock
+
+    from autoprune.search.workers import shared_lock
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=ENV)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(filelock.Timeout):
+            filelock.FileLock(f"{tmp_path / 'optuna.db'}.s.lock").acquire(timeout=0)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(60) == 0
+        with shared_lock(url, "s", None):  # free now
+            pass
+    finally:
+        holder.kill()
+
+
+def test_retry_starts_clean_and_stops_after_max_retry(tmp_path):
+    """A lost trial is enqueued again with its parameters only (Optuna's retry history kept); a retry
+    lost again is not retried past search.max_retry."""
+    from autoprune.search.workers import StaleTrialHandler
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", directions=["maximize"])
+    handler = StaleTrialHandler(max_retry=1)
+    lost = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    lost.set_user_attr("owner", "host/1:2:3")
+    lost.set_user_attr("mlflow_run_id", "abc")
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+    handler.retry(study, study.trials[lost.number])
+    retry = study.trials[-1]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == study.trials[lost.number].params
+    assert retry.user_attrs == {}
+    assert retry.system_attrs == {"failed_trial": lost.number, "retry_history": [lost.number]}
+    again = study.ask()
+    assert again.number == retry.number and again.params == retry.params
+    study.tell(again, state=optuna.trial.TrialState.FAIL)
+    handler.retry(study, study.trials[again.number])
+    assert len(study.trials) == 2  # max_retry=1: the retry is not retried

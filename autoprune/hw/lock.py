@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import tempfile
 from pathlib import Path
+
+import filelock
 
 
 def lock_path() -> Path:
     return Path(os.environ.get("AUTOPRUNE_LOCK_DIR", tempfile.gettempdir())) / "autoprune-measure.lock"
 
 
-@contextlib.contextmanager
-def measurement_lock():
-    """Exclusive flock held while a measurement runs (blocks until other measurements finish)."""
-    path = lock_path()
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def measurement_lock() -> filelock.BaseFileLock:
+    """Exclusive flock held while a measurement runs (blocks until other measurements finish); a new
+    lock object per call, so threads of one process exclude each other too. Use as `with measurement_lock():`."""
+    return filelock.FileLock(str(lock_path()))

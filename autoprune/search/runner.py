@@ -19,6 +19,7 @@ import optuna
 import torch_pruning as tp
 from omegaconf import DictConfig, OmegaConf
 
+from autoprune import interrupts
 from autoprune.candidate import TrialResult
 from autoprune.context import SearchContext, build_context
 from autoprune.deploy import write_bundle
@@ -131,7 +132,10 @@ class Search:
         status = "FAILED"
         try:
             baseline = self._measure_baseline()
-            self._trials(baseline, self._searcher(baseline))
+            # Ctrl-C / SIGTERM land between two trials or in a trial's evaluation (which they fail and retry):
+            # never between ask and tell, nor while a trial's MLflow run is opened or closed.
+            with interrupts.held():
+                self._trials(baseline, self._searcher(baseline))
             outcome = self._finish()
             status = "FINISHED"
             return outcome
@@ -209,6 +213,7 @@ class Search:
     def _next_trial(self, searcher: Searcher) -> optuna.Trial | None:
         """The next trial within the budget: search.n_trials for the study, or for the run group
         shared by all its workers."""
+        interrupts.check()  # a signal held during the last trial's bookkeeping ends the search here
         if self.cfg.search.heartbeat_s:
             optuna.storages.fail_stale_trials(self.study)
         group = self.cfg.search.run_name
@@ -296,7 +301,7 @@ class Search:
         workdir = self.output_dir / "trials" / f"{trial.number:04d}"
         monitor = self.stopper.monitor(trial) if self.stopper else None
         try:
-            with deadline(self.cfg.search.trial_timeout_s):
+            with interrupts.allowed(), deadline(self.cfg.search.trial_timeout_s):
                 result = self.ctx.evaluator.evaluate(plan, workdir, monitor)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("stop_reason", str(exc))
@@ -305,6 +310,7 @@ class Search:
             return None
         except (Exception, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)  # Ctrl-C or SIGTERM: retried like a killed trial
+            # (a second signal waits until this is done: autoprune.interrupts)
             reason = "interrupted" if interrupted else _one_line(exc)
             trial.set_user_attr("fail_reason", reason)
             if interrupted:

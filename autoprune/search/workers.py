@@ -17,18 +17,23 @@ Either way the trial is marked failed, its MLflow run KILLED, and it is retried 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import copy
 import hashlib
+import logging
 import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import filelock
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, first_line
 from autoprune.owner import owner_is_dead, process_owner
+from autoprune.search.study import connection_lost, reconnecting
+
+log = logging.getLogger("autoprune")
 
 GROUP_ATTR = "run_group"
 OWNER_ATTR = "owner"          # user attr of a running trial: its process, host/ns:pid:start
@@ -42,25 +47,48 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = Path(parsed.database or "optuna.db").expanduser().resolve()
-        with open(f"{path}.{study_name}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with filelock.FileLock(f"{path}.{study_name}.lock"):
+            yield
         return
     if backend == "postgresql":
-        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        engine.dispose()
+        with _advisory_lock(url, study_name):
+            yield
         return
     raise ConfigError(f"several workers need a SQLite or PostgreSQL search.storage, not {backend}")
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock; taken again on a new connection if the connection
+    drops while waiting. A connection lost while the lock is held releases the lock with it."""
+    key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+    def connect_and_lock() -> sqlalchemy.Connection:
+        conn = engine.connect()
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    try:
+        conn = reconnecting(connect_and_lock, "search.storage (study lock)")()
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not connection_lost(exc):
+                    raise
+                log.warning("the study lock's connection was lost (%s); the server released the lock",
+                            first_line(exc))
+            finally:
+                conn.close()
+    finally:
+        engine.dispose()
 
 
 def supports_lock(url: str) -> bool:
@@ -133,14 +161,17 @@ class Heartbeat:
 
     @contextlib.contextmanager
     def beating(self, trial: optuna.Trial) -> Iterator[None]:
-        if not isinstance(self.storage, optuna.storages.RDBStorage):
+        if not self.interval or not isinstance(self.storage, optuna.storages.RDBStorage):
             yield
             return
         self._stop.clear()
 
         def loop() -> None:
             while not self._stop.wait(self.interval):
-                self.storage.record_heartbeat(trial._trial_id)
+                try:
+                    self.storage.record_heartbeat(trial._trial_id)
+                except Exception as exc:  # the storage stayed away through its reconnects: beat again later
+                    log.warning("heartbeat of trial %d not recorded (%s)", trial.number, first_line(exc))
 
         self.storage.record_heartbeat(trial._trial_id)
         self._thread = threading.Thread(target=loop, name="autoprune-heartbeat", daemon=True)
@@ -159,6 +190,7 @@ class StaleTrialHandler:
     def __init__(self, max_retry: int):
         self.max_retry = max_retry
         self.on_stale: Optional[Callable[[optuna.trial.FrozenTrial], None]] = None
+        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.on_stale is not None:
@@ -166,10 +198,12 @@ class StaleTrialHandler:
         self.retry(study, trial)
 
     def retry(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Enqueue `trial`'s parameters again, unless it was already retried `max_retry` times."""
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        if len(history) > self.max_retry:
-            return
-        study.add_trial(optuna.trial.create_trial(
-            state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            system_attrs={"failed_trial": history[0], "retry_history": history}))
+        """Enqueue `trial`'s parameters again, unless it was already retried `max_retry` times
+        (Optuna's RetryHeartbeatStaleTrialCallback: system attrs `failed_trial`, `retry_history`).
+        The retry starts clean: the failed trial's user attributes (owner, MLflow run, fail reason)
+        and sampler records stay with it."""
+        bare = copy.copy(trial)
+        bare.user_attrs = {}
+        bare.system_attrs = copy.deepcopy({k: v for k, v in trial.system_attrs.items()
+                                           if k in ("failed_trial", "retry_history")})
+        self._retry(study, bare)
