@@ -121,12 +121,20 @@ def _block(lines: list[str], dotted: str) -> list[str]:
     return [line[indent:] if dotted.count(".") else line for line in block]
 
 
+def _task_line(lines: list[str]) -> list[str]:
+    """`task` is a config group (the defaults list), not a key of its own."""
+    default = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("- task:")), "")
+    names = ", ".join(name for name, _ in _task_rows())
+    return [f"task: {default}  # a config group: one of {names} (python -m autoprune --help)"]
+
+
 def mode_help(mode: str) -> str:
     lines = (resource_dir("conf") / "config.yaml").read_text().splitlines()
     out = [f"usage: python -m autoprune {mode} [key=value ...]", "", f"{mode}: {MODES[mode]}", "",
-           "keys (override as key=value; dotted keys as written, e.g. search.storage=...):", ""]
+           "keys, as conf/config.yaml sets them (override as key=value, nested keys with dots: tracking.uri=...):",
+           ""]
     for key in MODE_KEYS[mode]:
-        block = _block(lines, key)
+        block = _task_line(lines) if key == "task" else _block(lines, key)
         if "." in key:
             parent = key.rsplit(".", 1)[0]
             out += [f"{parent}.{line.lstrip()}" if i == 0 else f"{' ' * (len(parent) + 1)}{line.lstrip()}"
