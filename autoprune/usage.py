@@ -8,6 +8,7 @@ writes them, comments and defaults included. `--cfg job` still prints the whole 
 from __future__ import annotations
 
 import difflib
+
 import yaml
 
 from autoprune.errors import ConfigError
@@ -54,8 +55,6 @@ def _descriptions(folder: str) -> list[tuple[str, str]]:
         except yaml.YAMLError:
             loaded = None
         text = loaded.get("description") if isinstance(loaded, dict) else None
-        if text is None and isinstance(loaded, dict) and isinstance(loaded.get("name"), str):
-            text = loaded["name"]
         rows.append((path.stem, str(text or "")))
     return rows
 
@@ -112,13 +111,16 @@ def _block(lines: list[str], dotted: str) -> list[str]:
                 break
         else:
             return []
-    start, end = found, found + 1
+    end = found + 1
     while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
         end += 1
-    block = lines[start:end]
+    block = [line[indent:] for line in lines[found:end]]
     while block and not block[-1].strip():
         block.pop()
-    return [line[indent:] if dotted.count(".") else line for line in block]
+    if "." in dotted:  # `search.storage: ...`, its children kept under it
+        parent = dotted.rsplit(".", 1)[0]
+        block = [f"{parent}.{block[0]}", *(f"{' ' * (len(parent) + 1)}{line}" for line in block[1:])]
+    return block
 
 
 def _task_line(lines: list[str]) -> list[str]:
@@ -134,15 +136,9 @@ def mode_help(mode: str) -> str:
            "keys, as conf/config.yaml sets them (override as key=value, nested keys with dots: tracking.uri=...):",
            ""]
     for key in MODE_KEYS[mode]:
-        block = _task_line(lines) if key == "task" else _block(lines, key)
-        if "." in key:
-            parent = key.rsplit(".", 1)[0]
-            out += [f"{parent}.{line.lstrip()}" if i == 0 else f"{' ' * (len(parent) + 1)}{line.lstrip()}"
-                    for i, line in enumerate(block)]
-        else:
-            out += block
-    out += ["", "python -m autoprune --cfg job prints every key with its value; python -m autoprune --help "
-                "lists the modes, profiles and search spaces."]
+        out += _task_line(lines) if key == "task" else _block(lines, key)
+    out += ["", ("python -m autoprune --cfg job prints every key with its value; python -m autoprune --help "
+                 "lists the modes, profiles and search spaces.")]
     return "\n".join(out)
 
 
@@ -165,7 +161,5 @@ def help_requested(args: list[str]) -> bool:
 def help_for(args: list[str]) -> str:
     """The help text for `python -m autoprune [MODE] --help`."""
     words = [a.split("=", 1)[1] if a.startswith("mode=") else a for a in args]
-    first = next((w for w in words if w in MODE_KEYS), "")
-    if first in MODE_KEYS:
-        return mode_help(first)
-    return general_help()
+    mode = next((w for w in words if w in MODE_KEYS), None)
+    return general_help() if mode is None else mode_help(mode)

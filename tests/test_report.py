@@ -32,7 +32,8 @@ def cand(trial, k_val, latency, params, k_test=None, feasible=True, ratio=0.5):
                      {"stem.0": ratio, "layers.0.0.conv1": ratio / 2})
 
 
-def report_data(trials, front_numbers, base=cand(-1, 354, 0.2, 308_074, k_test=352, ratio=0.0)) -> ReportData:
+def report_data(trials, front_numbers) -> ReportData:
+    base = cand(-1, 354, 0.2, 308_074, k_test=352, ratio=0.0)
     front = sorted((c for c in trials if c.trial in front_numbers), key=lambda c: c.latency_ms)
     hv = [(c.trial, 0.1 * (i + 1)) for i, c in enumerate(trials)]
     return ReportData("digits-test", base, trials, front, 0, hv, {"cpu": "test"}, 0.1)
