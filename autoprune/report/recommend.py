@@ -67,6 +67,9 @@ class Recommendation:
 
 
 def _ceil(value: float, digits: int) -> float:
+    """`value` rounded up to `digits` significant digits."""
+    if value <= 0:
+        return value
     scale = 10 ** (digits - 1 - math.floor(math.log10(abs(value))))
     return math.ceil(value * scale) / scale
 
@@ -79,7 +82,7 @@ def _rule_for(model: Candidate, min_accuracy: Optional[float], trials: list[Cand
     """The shortest-written pick constraints under which `choose` returns `model`."""
     for digits in range(3, 18):
         rule = pick.PickRule(max_latency_ms=_ceil(model.latency_ms, digits),
-                        min_accuracy=None if min_accuracy is None else _floor(min_accuracy, 4))
+                             min_accuracy=None if min_accuracy is None else _floor(min_accuracy, 4))
         for candidate in (rule, replace(rule, max_params=model.params)):  # params: a search constraint pick lacks
             if pick.choose(trials, candidate)[0].trial == model.trial:
                 return candidate
