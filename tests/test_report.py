@@ -72,6 +72,14 @@ def test_without_a_model_within_a_point_the_most_accurate_is_recommended(data):
     assert rec.model.trial == 2 and "none is within 1 point" in rec.reason
     assert choose(far.trials, rec.rule)[0].trial == 2
     assert recommend(report_data([], set())) is None
+    slower = report_data([cand(0, 355, 0.21, 9_000), cand(1, 356, 0.25, 8_000)], {0, 1})  # baseline: 0.2 ms
+    assert recommend(slower) is None
+
+
+def test_page_without_a_recommendation_says_why(tmp_path):
+    write_report(report_data([cand(0, 355, 0.21, 9_000, k_test=350)], {0}), tmp_path, SplitSizes(N, N))
+    page = (tmp_path / "report.html").read_text()
+    assert "No Pareto model is faster than the baseline" in page and "pick-command" not in page
 
 
 def test_wilson_interval_matches_its_formula_and_narrows_with_n():

@@ -1,8 +1,9 @@
 """What the report recommends: the model to deploy and the `pick` command that registers it, accuracy
 intervals, and a flag on models whose test accuracy disagrees with their validation accuracy.
 
-Recommendation rule: the fastest Pareto model whose validation accuracy is within `tolerance`
-(default 1 point) of the baseline's; when none is, the most accurate Pareto model. The Pareto front
+Recommendation rule, among the Pareto models faster than the baseline: the fastest one whose
+validation accuracy is within `tolerance` (default 1 point) of the baseline's; when none is, the
+most accurate one; when no Pareto model is faster than the baseline, none. The Pareto front
 already holds only models meeting every `search.constraints` bound. The `pick` command is built so
 that `autoprune.pick.choose` (the rule `pick` itself runs) selects exactly that model.
 
@@ -96,19 +97,20 @@ def _command(study_name: str, rule: pick.PickRule) -> str:
 
 
 def recommend(data: ReportData, tolerance: float = DEFAULT_TOLERANCE) -> Optional[Recommendation]:
-    """The model the report recommends (None when the front is empty)."""
-    if not data.front:
+    """The model the report recommends (None when no Pareto model is faster than the baseline)."""
+    faster = [c for c in data.front if c.latency_ms < data.baseline.latency_ms]
+    if not faster:
         return None
     floor = data.baseline.val_accuracy - tolerance
-    close = [c for c in data.front if c.val_accuracy >= floor]
+    close = [c for c in faster if c.val_accuracy >= floor]
     if close:
         model = min(close, key=lambda c: (c.latency_ms, -c.val_accuracy))
         reason = (f"the fastest Pareto model within {100 * tolerance:g} point of the baseline's validation "
                   f"accuracy ({100 * data.baseline.val_accuracy:.2f}%)")
         rule = _rule_for(model, floor, data.trials)
     else:
-        model = max(data.front, key=lambda c: (c.val_accuracy, -c.latency_ms))
-        reason = (f"the most accurate Pareto model: none is within {100 * tolerance:g} point of the baseline's "
+        model = max(faster, key=lambda c: (c.val_accuracy, -c.latency_ms))
+        reason = (f"the most accurate Pareto model faster than the baseline: none is within {100 * tolerance:g} point of the baseline's "
                   f"validation accuracy ({100 * data.baseline.val_accuracy:.2f}%)")
         rule = _rule_for(model, None, data.trials)
     return Recommendation(model, reason, rule, _command(data.study_name, rule))
