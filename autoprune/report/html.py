@@ -66,7 +66,8 @@ def models_table(data: ReportData, sizes: Optional[SplitSizes], rec: Optional[Re
 
 def recommendation(data: ReportData, rec: Optional[Recommendation], sizes: Optional[SplitSizes]) -> str:
     if rec is None:
-        return '<section id="recommendation"><p>No Pareto model is faster than the baseline: nothing to recommend over it.</p></section>'
+        return ('<section id="recommendation"><p>No Pareto model is faster than the baseline: '
+                "nothing to recommend over it.</p></section>")
     c, base = rec.model, data.baseline
     val, _ = _accuracy(c.val_accuracy, sizes and sizes.val)
     test, _ = _accuracy(c.test_accuracy, sizes and sizes.test)
