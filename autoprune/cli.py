@@ -1,10 +1,10 @@
 """Command line: `python -m autoprune [MODE] [hydra overrides...]`.
 
 MODE is `search` (default), `report`, `pick`, `reproduce`, `calibrate` or `sensitivity` (same as
-`mode=<MODE>`),
-or `agent` (the remote measurement agent; `python -m autoprune agent --help`). Errors autoprune can explain (bad config,
-missing files, unreachable storage) print one line on stderr and exit with status 2; anything else
-is a bug and keeps its traceback.
+`mode=<MODE>`), or `agent` (the remote measurement agent; `python -m autoprune agent --help`).
+`--help` lists the modes, profiles and search spaces; `<MODE> --help` gives that mode's keys
+(autoprune.usage). Errors autoprune can explain (bad config, missing files, unreachable storage)
+print one line on stderr and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from autoprune import interrupts
 from autoprune.errors import AutopruneError
 from autoprune.overrides import check_overrides
 from autoprune.resources import resource_dir
+from autoprune.usage import help_for, help_requested, is_mode_word, unknown_mode
 
 log = logging.getLogger("autoprune")
 MODES = ("search", "report", "pick", "reproduce", "calibrate", "sensitivity")
@@ -121,8 +122,14 @@ def main() -> None:
         from autoprune.hw.agent import main as agent_main
 
         sys.exit(agent_main(args[1:]))
+    if help_requested(args):  # modes, profiles, spaces and main overrides; `<mode> --help`: that mode's keys
+        print(help_for(args))
+        sys.exit(0)
     if args and args[0] in MODES:  # `python -m autoprune pick ...` == `python -m autoprune mode=pick ...`
         sys.argv[1:] = [f"mode={args[0]}", *args[1:]]
+    elif args and is_mode_word(args[0]):  # `reprot`: a misspelt mode, not a malformed override
+        print(f"autoprune: error: {unknown_mode(args[0])}", file=sys.stderr)
+        sys.exit(2)
     if not any(arg.startswith("-") for arg in sys.argv[1:]):  # --help, --cfg, -m ...: Hydra's own business
         try:  # Hydra would answer a misspelt key or option with several lines and exit 1
             _check_writable_cwd(sys.argv[1:])

@@ -3,6 +3,7 @@ test_bad_input.py."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,53 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def autoprune(*args, cwd):
     return subprocess.run([sys.executable, "-m", "autoprune", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "tests")})
+                          timeout=300, env={**__import__("os").environ,  # this checkout's autoprune
+                                            "PYTHONPATH": f"{ROOT}{__import__('os').pathsep}{ROOT / 'tests'}"})
 
 
-def test_help(tmp_path):
+def test_help_lists_modes_profiles_spaces_and_main_overrides(tmp_path):
+    from autoprune.cli import MODES
+    from autoprune.resources import resource_dir
+
     result = autoprune("--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    for mode in (*MODES, "agent"):  # one line each
+        assert len([line for line in lines if line.startswith(f"  {mode} ")]) == 1, mode
+    for folder in ("hw_profiles", "search_spaces", "conf/task"):
+        for path in resource_dir(folder.split("/")[0]).joinpath(*folder.split("/")[1:]).glob("*.yaml"):
+            assert any(line.startswith(f"  {path.stem} ") for line in lines), path
+    assert "search.n_trials=<int>" in result.stdout and "--cfg job" in result.stdout
+    assert len(lines) < 80 and "n_trials: 24" not in result.stdout   # not the config dump
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_mode_help_gives_that_modes_keys_with_comments_and_defaults(tmp_path):
+    result = autoprune("pick", "--help", cwd=tmp_path)
     assert result.returncode == 0
-    assert "Config groups" in result.stdout and "task: " in result.stdout and "n_trials: 24" in result.stdout
+    out = result.stdout
+    assert out.startswith("usage: python -m autoprune pick") and "register it in the MLflow Model Registry" in out
+    assert "min_accuracy: null      # validation accuracy in [0, 1]" in out and "alias: deploy" in out
+    assert "search.storage: sqlite:///autoprune.db" in out and "n_trials" not in out and "prune:" not in out
+
+
+def test_every_mode_help_finds_its_keys_in_the_shipped_config():
+    from autoprune.cli import MODES
+    from autoprune.usage import MODE_KEYS, MODES as DESCRIBED, mode_help
+
+    assert set(DESCRIBED) == {*MODES, "agent"} and set(MODE_KEYS) == set(MODES)
+    for mode, keys in MODE_KEYS.items():
+        text = mode_help(mode)
+        for key in keys:
+            assert re.search(rf"^{re.escape(key)}:", text, re.M), (mode, key)
+
+
+def test_misspelt_mode_suggests_the_closest(tmp_path):
+    result = autoprune("reprot", "reproduce.trial=3", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("autoprune: error: unknown mode 'reprot': did you mean report? ")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_cfg_job_shows_the_composed_config(tmp_path):

@@ -6,9 +6,11 @@ import csv
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 from autoprune.report import html, plots
 from autoprune.report.collect import Candidate, ReportData
+from autoprune.report.recommend import SplitSizes, recommend
 
 COLUMNS = [("model", 9), ("val acc", 8), ("test acc", 8), ("lat ms", 8), ("p90 ms", 8), ("speedup", 7),
            ("params", 9), ("MMACs", 8), ("ONNX KB", 8)]
@@ -25,11 +27,15 @@ def format_table(data: ReportData) -> str:
     lines = ["  ".join(name.rjust(w) for name, w in COLUMNS)]
     for c in [data.baseline, *data.front]:
         lines.append("  ".join(cell.rjust(w) for cell, (_, w) in zip(_cells(c, data.baseline), COLUMNS)))
+    rec = recommend(data)
+    if rec is not None:
+        lines += ["", f"recommended: {rec.model.label}, {rec.reason}; register it with", f"  {rec.command}"]
     return "\n".join(lines)
 
 
-def write_report(data: ReportData, out_dir: Path) -> list[Path]:
-    """Write every report file into `out_dir`; returns their paths."""
+def write_report(data: ReportData, out_dir: Path, sizes: Optional[SplitSizes] = None) -> list[Path]:
+    """Write every report file into `out_dir`; returns their paths. `sizes` (the validation and test
+    split sizes) adds accuracy intervals and the val–test check."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [data.baseline, *data.front]
@@ -42,14 +48,16 @@ def write_report(data: ReportData, out_dir: Path) -> list[Path]:
         for c in rows:
             d = asdict(c)
             writer.writerow([d[k] for k in fields] + [c.ratios.get(g, 0.0) for g in groups])
+    rec = recommend(data)
     json_path = out_dir / "pareto.json"
     json_path.write_text(json.dumps({
         "study": data.study_name, "baseline": asdict(data.baseline), "front": [asdict(c) for c in data.front],
         "hypervolume": data.hypervolume, "fingerprint": data.fingerprint, "n_complete": len(data.trials),
-        "n_failed": data.n_failed,
+        "n_failed": data.n_failed, "split_sizes": sizes and asdict(sizes),
+        "recommended": rec and {"trial": rec.model.trial, "reason": rec.reason, "command": rec.command},
     }, indent=2))
+    charts = plots.charts(data, rec and rec.model, sizes)
+    pngs = [chart.save_png(out_dir) for chart in charts]
     html_path = out_dir / "report.html"
-    html_path.write_text(html.render(data, f"autoprune — {data.study_name}"))
-    return [csv_path, json_path, plots.pareto_png(data, out_dir / "pareto.png"),
-            plots.heatmap_png(data, out_dir / "heatmap.png"), plots.progress_png(data, out_dir / "progress.png"),
-            html_path]
+    html_path.write_text(html.render(data, f"autoprune — {data.study_name}", charts, rec, sizes))
+    return [csv_path, json_path, *pngs, html_path]
