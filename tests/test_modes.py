@@ -36,6 +36,10 @@ def test_report_mode_rebuilds_the_same_front_from_storage_and_mlflow(searched):
     first = list(csv.reader(outcome.report_files[0].open()))
     again = list(csv.reader(files[0].open()))
     assert first == again
+    import json
+
+    sizes = json.loads((tmp / "report-again" / "report" / "pareto.json").read_text())["split_sizes"]
+    assert sizes == json.loads(outcome.report_files[1].read_text())["split_sizes"] and sizes["val"] > 0   # recorded
     html = (tmp / "report-again" / "report" / "report.html").read_text()
     assert "<svg" in html and "sortBy" in html and "http" not in html.split("<body>")[1].replace("http://127", "")
 

@@ -10,23 +10,22 @@ import optuna
 from omegaconf import DictConfig
 
 from autoprune.deploy import write_bundle
-from autoprune.errors import AutopruneError
 from autoprune.report.collect import ReportData, collect
 from autoprune.report.pareto_report import write_report
-from autoprune.report.recommend import SplitSizes
-from autoprune.search.existing import load_existing, study_config
+from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
+from autoprune.search.existing import load_existing
 
 log = logging.getLogger("autoprune")
 
 
 def split_sizes(study: optuna.Study) -> Optional[SplitSizes]:
-    """The validation / test split sizes of the study's task (its data factory is rerun; None if that fails)."""
-    from autoprune.tasks import build_task
-
+    """The validation / test split sizes the search recorded with the study (data, never a factory to
+    rerun: stored configs are not executed); None for studies of before, whose report has no intervals."""
+    stored = study.user_attrs.get(SPLIT_SIZES)
     try:
-        return SplitSizes.of(build_task(study_config(study).task).data)
-    except AutopruneError as exc:
-        log.warning("report without accuracy intervals: the task's data cannot be loaded (%s)", exc)
+        return SplitSizes(int(stored["val"]), int(stored["test"]))
+    except (TypeError, KeyError, ValueError):
+        log.warning("report without accuracy intervals: study '%s' has no recorded split sizes", study.study_name)
         return None
 
 

@@ -28,6 +28,9 @@ CONFIDENCE = 0.95
 Z = float(norm.ppf(0.5 + CONFIDENCE / 2))  # 1.96
 
 
+SPLIT_SIZES = "split_sizes"   # the study user attribute a search records them in
+
+
 @dataclass(frozen=True)
 class SplitSizes:
     """How many examples the validation and test accuracies were measured on."""

@@ -29,6 +29,7 @@ from autoprune.owner import process_owner
 from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
+from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
 from autoprune.search.pareto import normalized_hypervolume
 from autoprune.search.deadline import deadline
 from autoprune.search.checks import check_search
@@ -116,6 +117,8 @@ class Search:
                     self.study.enqueue_trial(ctx.space.encode(plan))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
         self.study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
+        self.split_sizes = SplitSizes.of(ctx.task.data)   # the report's accuracy intervals, recorded as data
+        self.study.set_user_attr(SPLIT_SIZES, {"val": self.split_sizes.val, "test": self.split_sizes.test})
         params = {"task": cfg.task.name, "hw": ctx.profile.name, "hw_digest": ctx.profile.digest(),
                   "n_trials": cfg.search.n_trials, "backend": cfg.search.backend, "sampler": cfg.search.sampler,
                   "objectives": ",".join(self.objectives.names), "storage": cfg.search.storage,
@@ -379,7 +382,7 @@ class Search:
             except Exception as exc:  # MLflow trouble: the model keeps its Optuna record and report row
                 log.warning("Pareto model #%d: test accuracy / MLflow models skipped (%s)", number, _one_line(exc))
         data = collect(self.study, self.tracker, float(self.cfg.search.hv_max_drop))
-        files = write_report(data, self.output_dir / "report")
+        files = write_report(data, self.output_dir / "report", self.split_sizes)
         if self.tracker.parent_id:
             self._mlflow("report artifacts", lambda: self.tracker.log_artifacts(self.tracker.parent_id, files, "report"))
         write_bundle(data, self.tracker, self.output_dir / "report")
