@@ -167,33 +167,39 @@ def test_export_refuses_an_onnx_graph_that_computes_something_else(tmp_path):
 
 
 class Sliced(nn.Module):
-    """Only the first 4 of conv a's 16 channels feed conv b: a ratio that would remove all four is repaired."""
+    """Conv b reads the first 4 of conv a's 16 channels through a fixed slice (GhostNet's `[:, :out]`)."""
 
-    def __init__(self):
+    def __init__(self, start: int = 0):
         super().__init__()
+        self.start = start
         self.a = nn.Conv2d(1, 16, 3, padding=1)
         self.b = nn.Conv2d(4, 16, 1)
         self.fc = nn.Linear(32, 3)
         with torch.no_grad():   # the least important channels are the ones b needs
             self.a.weight[:4] *= 1e-3
-            self.b.weight *= 1e-3
-            self.fc.weight[:, :4] *= 1e-3
 
     def forward(self, x):
         y = torch.relu(self.a(x))
-        return self.fc(torch.cat([y, self.b(y[:, :4])], 1).mean((2, 3)))
+        return self.fc(torch.cat([y, self.b(y[:, self.start:self.start + 4])], 1).mean((2, 3)))
 
 
 def test_plan_that_cannot_be_built_is_repaired_and_recorded(tmp_path):
     model = Sliced().eval()
     pruner = make_pruner(model, X, ["fc"])
     group = next(g for g in pruner.groups(model) if g.name == "a")
+    assert group.max_ratio == 0.75   # the 4 channels the slice reads stay
     pruned = copy.deepcopy(model)
-    result = PruningEngine(pruner).apply(pruned, PrunePlan({"a": GroupPlan(0.75)}, "l2"))
-    assert "a" in result.repaired and "asks for 12 of 16" in result.repaired["a"]
-    assert 0 < len(result.removed["a"]) < 12 and pruned.b.in_channels >= 1
-    assert pruned.a.out_channels == group.channels - len(result.removed["a"])
+    result = PruningEngine(pruner).apply(pruned, PrunePlan({"a": GroupPlan(0.9)}, "l2"))
+    assert "asks for 14 of 16 channels; 12 can go" in result.repaired["a"]
+    assert result.removed["a"] == list(range(4, 16)) and pruned.a.out_channels == 4 == pruned.b.in_channels
     export_onnx(pruned, X, tmp_path / "sliced.onnx")
+
+
+def test_slice_with_an_offset_excludes_its_group_with_the_reason():
+    model = Sliced(start=2).eval()
+    pruner = make_pruner(model, X, ["fc"])
+    assert "a" not in {g.name for g in pruner.groups(model)}
+    assert "slice [2:6:1] with fixed bounds" in pruner.excluded["a"]
 
 
 def test_search_space_offers_only_feasible_ratios():

@@ -97,6 +97,7 @@ class _Group:
     kind: str
     step: int = 1        # the removed count is a multiple of it
     chunks: int = 1      # the same number of channels goes from each of `chunks` equal slices (grouped convs)
+    protected: frozenset = frozenset()   # channels read by a fixed slice (x[:, :k]): they stay
     attention: Optional[FusedAttention] = None
 
 
@@ -169,9 +170,24 @@ class ChannelPruner:
         """Fill in the group's step and chunks from the layers it touches; the reason it cannot be pruned
         consistently, or ''."""
         channels = graph.get_out_channels(g.root)
-        step, chunks = 1, 1
-        for dep, idxs in group:
+        step, chunks, protected = 1, 1, set()
+        for item in group:
+            dep, idxs = item.dep, item.idxs
             m = dep.target.module
+            if isinstance(m, tp.ops._SliceOp):
+                sizes = tuple(m.grad_fn._saved_self_sym_sizes)
+                dim = m.dim % len(sizes)
+                if dim != (1 if len(sizes) in (2, 4, 5) else len(sizes) - 1):
+                    continue  # slices tokens or space, not channels
+                start, end = m.start or 0, min(m.end if m.end is not None else sizes[dim], sizes[dim])
+                if start == 0 and end >= sizes[dim] and m.step == 1:
+                    continue
+                if start != 0 or m.step != 1:
+                    return (f"a slice [{start}:{end}:{m.step}] with fixed bounds reads these channels: removing any "
+                            "would shift what it reads: excluded")
+                # x[:, :end]: the channels it reads stay; those past it are free to go
+                protected |= {int(r) for i, r in zip(idxs, item.root_idxs) if int(i) < end}
+                continue
             out = graph.is_out_channel_pruning_fn(dep.handler)
             try:
                 width = graph.get_out_channels(m) if out else graph.get_in_channels(m)
@@ -192,7 +208,9 @@ class ChannelPruner:
                             "concat / split / reshape, so whole conv groups cannot be kept: excluded")
         if channels % chunks or channels < step:
             return f"{channels} channels do not split into {chunks} equal conv groups: excluded"
-        g.step, g.chunks = step, chunks
+        if protected and chunks > 1:
+            return "a fixed slice reads channels of a grouped conv: excluded"
+        g.step, g.chunks, g.protected = step, chunks, frozenset(protected)
         return ""
 
     def groups(self, model: nn.Module) -> list[PrunableGroup]:
@@ -218,7 +236,7 @@ class ChannelPruner:
             return PrunableGroup(g.name, h, g.members, g.layers, "heads", 1, round((h - 1) / h, 4))
         channels = graph.get_out_channels(g.root)
         step = math.lcm(g.step, max(1, min(self.round_to, channels)))
-        most = self._removable(graph, g, channels, channels - max(step, g.step))
+        most = self._removable(graph, g, channels, channels - max(step, g.step, len(g.protected)))
         return PrunableGroup(g.name, channels, g.members, g.layers, g.kind, g.step,
                              round(max(0.0, most / channels), 4))
 
@@ -255,14 +273,16 @@ class ChannelPruner:
         spread indices (torch-pruning refuses a removal that would empty a coupled layer)."""
         n -= n % g.step
         while n > 0:
-            idxs = self._spread(channels, n, g.chunks)
+            idxs = self._spread(channels, n, g.chunks, g.protected)
             if graph.check_pruning_group(graph.get_pruning_group(g.root, self._fn(graph, g), idxs)):
                 return n
             n -= g.step
         return 0
 
     @staticmethod
-    def _spread(channels: int, n: int, chunks: int) -> list[int]:
+    def _spread(channels: int, n: int, chunks: int, protected=frozenset()) -> list[int]:
+        if protected:
+            return [i for i in range(channels) if i not in protected][-n:]
         width = channels // chunks
         per = n // chunks
         return [c * width + i for c in range(chunks) for i in range(width - per, width)]
@@ -363,13 +383,18 @@ class ChannelPruner:
             remove_heads(g.attention, idxs)
             return idxs
         wanted = n
+        if g.protected:
+            scores = scores.clone().float()
+            scores[sorted(g.protected)] = float("inf")
+            n = min(n, len(scores) - len(g.protected))
         while n > 0:
             idxs = self._pick(scores, n, g.chunks)
             group = graph.get_pruning_group(g.root, self._fn(graph, g), idxs)
             if graph.check_pruning_group(group):
                 if n != wanted:
                     self.repaired[g.name] = (f"ratio {ratio:g} asks for {wanted} of {len(scores)} channels; "
-                                             f"{n} can go (a coupled layer would be emptied)")
+                                             f"{n} can go (a fixed slice reads the others, or a coupled layer "
+                                             "would be emptied)")
                 group.prune()
                 return idxs
             n -= g.step
