@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -43,6 +44,58 @@ from autoprune.prune.saliency import CHANNEL_ONLY, GradientStats, needs_gradient
 log = logging.getLogger("autoprune")
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _guard_reshape_mapping() -> None:
+    """torch-pruning 1.6 divides by the channel count it infers after a reshape, which is 0 behind a
+    channel shuffle's 5-D view (torchvision's ShuffleNetV2): the whole trace then fails. Guarded, such a
+    reshape gets no index mapping and is marked opaque; `_structure` excludes the groups that pass it."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_reshape_index_mapping
+    if getattr(original, "_autoprune_guard", False):
+        return
+
+    def update(graph, node):
+        try:
+            return original(graph, node)
+        except ZeroDivisionError:
+            _OPAQUE.add(node.module)
+
+    update._autoprune_guard = True
+    index_mapping.update_reshape_index_mapping = update
+
+
+_OPAQUE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_guard_reshape_mapping()
+
+
+def _all_groups(graph, ignored: list, names: dict, excluded: dict[str, str]):
+    """torch-pruning's `get_all_groups`, one root at a time: a root whose coupling torch-pruning cannot
+    map (an index past a concat or split it could not size) is excluded with the reason instead of
+    ending the whole trace."""
+    visited: set = set()
+    ignored = set(ignored) | set(graph.IGNORED_LAYERS_IN_TRACING)
+    for m in list(graph.module2node):
+        if m in ignored or m in visited or not isinstance(m, ROOT_TYPES):
+            continue
+        pruner = graph.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        try:
+            group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except Exception as exc:  # torch-pruning's index mappings raise IndexError and friends
+            visited.add(m)
+            excluded[names.get(m, str(m))] = (f"torch-pruning cannot map its channels through the graph "
+                                              f"({type(exc).__name__}: {first_line(exc)[:120]}): excluded")
+            continue
+        prunable = True
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+                prunable = prunable and dep.target.module not in ignored
+        if prunable:
+            yield group
 
 
 @dataclass(frozen=True)
@@ -140,7 +193,8 @@ class ChannelPruner:
         order = {name: i for i, name in enumerate(names.values())}
         groups: list[_Group] = []
         excluded: dict[str, str] = {}
-        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+        modules = dict(model.named_modules())
+        for group in _all_groups(graph, ignored, names, excluded):
             root = group[0].dep.target.module
             members = tuple(
                 dict.fromkeys(names[dep.target.module] for dep, _ in group if dep.target.module in names)
@@ -152,7 +206,7 @@ class ChannelPruner:
             name = min(outputs, key=order.__getitem__)
             if any(g.name == name for g in groups):
                 name = f"{name}@{names[root]}"
-            kind = layer_kind([dict(model.named_modules())[n] for n in layers])
+            kind = layer_kind([modules[n] for n in layers])
             g = _Group(name, root, members, layers, kind)
             reason = self._structure(graph, group, g, names)
             if reason:
@@ -174,6 +228,9 @@ class ChannelPruner:
         for item in group:
             dep, idxs = item.dep, item.idxs
             m = dep.target.module
+            if m in _OPAQUE:
+                return ("its channels pass a reshape that mixes channels with another dimension (a channel shuffle), "
+                        "which torch-pruning cannot map: excluded")
             if isinstance(m, tp.ops._SliceOp):
                 sizes = tuple(m.grad_fn._saved_self_sym_sizes)
                 dim = m.dim % len(sizes)
