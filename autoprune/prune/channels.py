@@ -410,7 +410,6 @@ class ChannelPruner:
     def _scores(self, graph, model: nn.Module, g: _Group, importance, criterion: str,
                 stats: Optional[GradientStats]) -> torch.Tensor:
         if g.attention is not None:
-            names = {m: n for n, m in model.named_modules()}  # noqa: F841  (names in weight_scores' keys)
             crit = "l2" if criterion in CHANNEL_ONLY else criterion
             return head_scores(g.attention, lambda name, w: weight_scores(crit, name, w, stats))
         channels = graph.get_out_channels(g.root)
