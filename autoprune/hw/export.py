@@ -55,16 +55,66 @@ def _onnx_log_off() -> Iterator[None]:
             utils.setup_onnx_logging = original
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
-    """Write `model` to `path` (weights inline, no external data) and validate it with onnx.checker.
+@contextlib.contextmanager
+def _mha_fastpath_off() -> Iterator[None]:
+    """nn.MultiheadAttention / nn.TransformerEncoderLayer take a fused kernel in eval mode
+    (`aten::_native_multi_head_attention`, `aten::_transformer_encoder_layer_fwd`) that has no ONNX
+    export; the plain path computes the same. Switched off for the export, restored after."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
+def check_outputs(model: nn.Module, example_input: torch.Tensor, path: Path) -> None:
+    """The ONNX file must compute what the module computes: one ONNX Runtime (CPU) run on the example
+    input against one PyTorch forward, within a tolerance relative to the outputs' scale. A pruned graph
+    that exports but is inconsistent (a reshape fixed to the old width, an index past a shrunk
+    dimension) fails here with its reason, not later while being timed."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: example_input.cpu().numpy()})
+    except Exception as exc:
+        raise ExportError(f"the exported ONNX model of {type(model).__name__} does not run in ONNX Runtime "
+                          f"({first_line(exc)[:300]}): the pruned graph is inconsistent") from exc
+    with torch.no_grad(), _mha_fastpath_off():
+        want = model(example_input)
+    want = [t.detach().cpu().numpy() for t in (want if isinstance(want, (tuple, list)) else [want])
+            if isinstance(t, torch.Tensor)]
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a.shape != b.shape:
+            raise ExportError(f"ONNX output {i} of {type(model).__name__} has shape {a.shape}, PyTorch's {b.shape}")
+        scale = float(np.abs(b).max()) if b.size else 0.0
+        err = float(np.abs(a.astype(np.float64) - b).max()) if b.size else 0.0
+        if not err <= 1e-3 * max(1.0, scale):
+            raise ExportError(f"ONNX output {i} of {type(model).__name__} differs from PyTorch's by {err:.3g} "
+                              f"(outputs up to {scale:.3g}): the exported graph does not compute the model")
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path, check: bool = True) -> Path:
+    """Write `model` to `path` (weights inline, no external data), validate it with onnx.checker and
+    (`check`) compare its outputs with the model's (`check_outputs`: one run each).
 
     Uses the TorchScript exporter (`dynamo=False`): it needs no onnxscript and exports CNNs in
-    milliseconds; the batch dimension is dynamic so the same file serves measurement and evaluation."""
+    milliseconds; the batch dimension is dynamic so the same file serves measurement and evaluation.
+    The MHA fast path is off during export (it has no ONNX form)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _onnx_log_off():
+        with warnings.catch_warnings(), torch.no_grad(), _onnx_log_off(), _mha_fastpath_off():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
@@ -74,6 +124,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
         onnx.checker.check_model(str(path))
     except Exception as exc:
         raise ExportError(f"ONNX export failed for {type(model).__name__}: {first_line(exc)}") from exc
+    if check:
+        check_outputs(model, example_input, path)
     return path
 
 

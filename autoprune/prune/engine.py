@@ -84,6 +84,7 @@ class PruneResult:
     masks: MaskSet
     removed: dict[str, list[int]] = field(default_factory=dict)   # channel indices removed per group
     skipped: dict[str, str] = field(default_factory=dict)          # layer -> why a pattern left it dense
+    repaired: dict[str, str] = field(default_factory=dict)         # group -> how its ratio was lowered to fit
 
 
 class PruningEngine:
@@ -136,7 +137,12 @@ class PruningEngine:
             if gradient and stats is None:
                 stats = self.gradients(model)
             removed = self.structural.apply_with_indices(model, channel, stats, reference)
-        result = PruneResult(MaskSet(), removed)
+        repaired = dict(getattr(self.structural, "repaired", {})) if channel.patterns else {}
+        for name, note in repaired.items():
+            if name not in self._logged:
+                self._logged.add(name)
+                log.warning("plan repaired to the nearest one that can be built: group %s %s", name, note)
+        result = PruneResult(MaskSet(), removed, repaired=repaired)
         if mask.patterns:
             if plan.importance in CHANNEL_ONLY:
                 raise ConfigError(f"importance '{plan.importance}' scores whole channels and cannot rank single "

@@ -21,11 +21,14 @@ A space is a YAML file (`search_spaces/<name>.yaml`, or any path):
 is one Optuna parameter: `ratio.<group>` (or `ratio.<tie name>`), plus `pattern.<group>` when a group
 has several patterns to choose from, plus `importance` when several criteria are offered. A ratio of
 0 leaves a group untouched whatever its pattern; for nm any ratio > 0 applies N:M (its sparsity is 1 - N/M).
+Each group's range is cut to the ratios it can really take (`PrunableGroup.max_ratio`: e.g. at most 0.5
+for an attention with 2 heads), so that no trial is spent on a plan that cannot be built.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -212,6 +215,17 @@ def _range(data, base: RatioRange | None, where: str) -> RatioRange:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _feasible(r: RatioRange, most: float) -> RatioRange:
+    """`r` cut to the ratios a group can take (`most`: its largest, from PrunableGroup.max_ratio), on r's
+    grid, so that no trial is spent on a plan that cannot be built."""
+    if r.high <= most + 1e-9:
+        return r
+    if most < r.low:
+        return RatioRange(0.0, 0.0, r.step)
+    k = math.floor((most - r.low) / r.step + 1e-9)
+    return RatioRange(r.low, round(r.low + k * r.step, 10), r.step)
+
+
 def _names_and_kinds(all_groups) -> tuple[list[str], dict[str, str]]:
     """Group names, and their kinds when PrunableGroup objects (anything with .name and .kind) are given."""
     names, kinds = [], {}
@@ -233,7 +247,8 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(KEYS)}")
     defaults = dict(defaults or {})
-    all_groups, kinds = _names_and_kinds(all_groups)
+    all_groups_spec = list(all_groups)
+    all_groups, kinds = _names_and_kinds(all_groups_spec)
     selected = data.get("groups", "all")
     groups = list(all_groups) if selected == "all" else _match(selected or [], all_groups, f"{where} groups")
     excluded = set(_match(data.get("exclude") or [], all_groups, f"{where} exclude"))
@@ -248,6 +263,11 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
             ranges[g] = _range(spec, default, f"{where} per_group '{pattern}'")
             if "patterns" in spec:
                 patterns[g] = _patterns(spec["patterns"], f"{where} per_group '{pattern}' patterns")
+    feasible = {str(getattr(g, "name", g)): float(getattr(g, "max_ratio", 1.0)) for g in all_groups_spec}
+
+    def fit(r: RatioRange, members: Sequence[str]) -> RatioRange:
+        return _feasible(r, min(feasible.get(m, 1.0) for m in members))
+
     dims, tied = [], set()
     for name, members_spec in (data.get("tie") or {}).items():
         members = _match(members_spec if isinstance(members_spec, list) else [members_spec], groups,
@@ -261,8 +281,8 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
         if len({patterns[m] for m in members}) > 1:
             raise ConfigError(f"{where} tie '{name}': tied groups must share their pattern choices "
                               "(check patterns per layer type and per_group)")
-        dims.append(Dimension(str(name), tuple(members), ranges[members[0]], patterns[members[0]]))
-    dims += [Dimension(g, (g,), ranges[g], patterns[g]) for g in groups if g not in tied]
+        dims.append(Dimension(str(name), tuple(members), fit(ranges[members[0]], members), patterns[members[0]]))
+    dims += [Dimension(g, (g,), fit(ranges[g], [g]), patterns[g]) for g in groups if g not in tied]
     names = [d.name for d in dims]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: a tie name equals a group name: rename the tie")

@@ -1,0 +1,121 @@
+"""Attention with a fused qkv Linear (timm's ViT / DeiT / Swin / ... layout): heads pruned as units.
+
+An attention module is found by its shape, not its class: a module with a `qkv` nn.Linear whose
+output is 3 x (num_heads x head_dim), a `proj` nn.Linear taking num_heads x head_dim inputs, and an int
+`num_heads`. For torch-pruning's dependency graph the whole module is one layer (a customized pruner
+registered for its class): its input and output channels are the residual stream, so the trace never
+enters it (its reshape / permute / unbind chain, relative position bias tables and window shuffles are
+no channel dependencies) and the residual stream, class token and position embedding prune together.
+
+Its heads are a group of their own (kind "heads", named after the module): removing head h removes rows
+h*d..(h+1)*d of each of q, k and v in `qkv` (weight and bias), the same input columns of `proj`, and
+index h of the last dimension of the module's own parameters sized num_heads (a relative position bias
+table); `num_heads` follows (head_dim stays). At least one head always stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+
+@dataclass(frozen=True)
+class FusedAttention:
+    name: str
+    module: nn.Module
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.module.num_heads)
+
+    @property
+    def head_dim(self) -> int:
+        return self.module.qkv.out_features // 3 // self.num_heads
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (f"{self.name}.qkv", f"{self.name}.proj")
+
+
+def is_fused_attention(module: nn.Module) -> bool:
+    qkv, proj, heads = getattr(module, "qkv", None), getattr(module, "proj", None), getattr(module, "num_heads", None)
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) and heads > 0):
+        return False
+    inner = qkv.out_features
+    return inner % 3 == 0 and (inner // 3) % heads == 0 and proj.in_features == inner // 3
+
+
+def fused_attentions(model: nn.Module) -> list[FusedAttention]:
+    return [FusedAttention(name, m) for name, m in model.named_modules() if is_fused_attention(m)]
+
+
+def _head_params(module: nn.Module, heads: int) -> list[str]:
+    """The module's own parameters (not qkv's / proj's) indexed by head on their last dimension."""
+    return [n for n, p in module.named_parameters(recurse=False) if p.dim() >= 1 and p.shape[-1] == heads]
+
+
+def _keep(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter:
+    return nn.Parameter(t.detach().index_select(dim, keep.to(t.device)).clone(), requires_grad=t.requires_grad)
+
+
+def remove_heads(att: FusedAttention, heads: Sequence[int]) -> None:
+    """Remove `heads` (indices) from the attention module in place."""
+    m, h, d = att.module, att.num_heads, att.head_dim
+    drop = {int(i) for i in heads}
+    kept = [i for i in range(h) if i not in drop]
+    if not kept or any(not 0 <= i < h for i in drop):
+        raise ValueError(f"cannot remove heads {sorted(drop)} of {h}")
+    inner = h * d
+    cols = torch.tensor([i * d + j for i in kept for j in range(d)])
+    rows = torch.cat([cols + part * inner for part in range(3)])
+    with torch.no_grad():
+        for name in _head_params(m, h):
+            setattr(m, name, _keep(getattr(m, name), torch.tensor(kept), getattr(m, name).dim() - 1))
+        m.qkv.weight = _keep(m.qkv.weight, rows, 0)
+        if m.qkv.bias is not None:
+            m.qkv.bias = _keep(m.qkv.bias, rows, 0)
+        m.qkv.out_features = len(rows)
+        for extra in ("q_bias", "v_bias"):   # BEiT-style separate q / v biases
+            b = getattr(m, extra, None)
+            if isinstance(b, torch.Tensor) and b.shape[-1] == inner:
+                setattr(m, extra, _keep(b, cols, b.dim() - 1))
+        m.proj.weight = _keep(m.proj.weight, cols, 1)
+        m.proj.in_features = len(cols)
+    m.num_heads = len(kept)
+    if isinstance(getattr(m, "head_dim", None), int):
+        m.head_dim = d
+
+
+def head_scores(att: FusedAttention, score) -> torch.Tensor:
+    """One score per head: `score(name, tensor)` summed over the rows / columns the head owns."""
+    h, d = att.num_heads, att.head_dim
+    w = score(f"{att.name}.qkv.weight", att.module.qkv.weight).reshape(3, h, d, -1).sum((0, 2, 3))
+    p = score(f"{att.name}.proj.weight", att.module.proj.weight).reshape(-1, h, d).sum((0, 2))
+    return (w + p).float()
+
+
+class FusedAttentionPruner(tp.pruner.BasePruningFunc):
+    """torch-pruning's view of a fused-qkv attention module: one layer whose input and output channels
+    are the residual stream (columns of qkv, rows of proj)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tp.prune_linear_out_channels(layer.proj, idxs)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tp.prune_linear_in_channels(layer.qkv, idxs)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.proj.out_features
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.qkv.in_features
+
+
+__all__ = ["FusedAttention", "FusedAttentionPruner", "fused_attentions", "head_scores", "is_fused_attention",
+           "remove_heads"]
