@@ -43,6 +43,7 @@ class TrialResult:
     sparse_bytes: int = 0          # parameters with each conv / linear weight in its best (dense/CSR/bitmask) encoding
     dense_bytes: int = 0           # parameters stored dense
     skipped: dict = field(default_factory=dict)   # layer -> why a mask pattern left it dense
+    repaired: dict = field(default_factory=dict)  # group -> how its ratio was lowered to a buildable one
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -161,6 +162,7 @@ class CandidateEvaluator:
         if kind == "oneshot":
             model = copy.deepcopy(start)
             pruned = self.engine.apply(model, plan)
+            repaired = pruned.repaired
             masks, skipped, final_shapes = pruned.masks, pruned.skipped, None
             lap("prune")
             latency = self.backend.measure(export_model(model, self.example_input, workdir), self.profile)
@@ -168,7 +170,7 @@ class CandidateEvaluator:
         else:
             twin = copy.deepcopy(start)
             twin_plan = dataclasses.replace(plan, importance="l2") if needs_gradients(plan.importance) else plan
-            self.engine.apply(twin, twin_plan)
+            repaired = self.engine.apply(twin, twin_plan).repaired
             final_shapes = shapes(twin.state_dict())
             lap("prune")
             latency = self.backend.measure(export_model(twin, self.example_input, workdir), self.profile)
@@ -197,7 +199,7 @@ class CandidateEvaluator:
         lap("export")
         return TrialResult(plan, val_accuracy, latency, int(macs), int(params), exported.onnx_path.stat().st_size,
                            exported.onnx_path, exported.weights_path, seconds, encoding.weight_sparsity,
-                           encoding.sparse, encoding.dense, dict(skipped))
+                           encoding.sparse, encoding.dense, dict(skipped), dict(repaired))
 
     # ------------------------------------------------------------------------------ schedules
     def _gradual(self, start: nn.Module, plan: PrunePlan, on_epoch) -> tuple[nn.Module, MaskSet, dict]:

@@ -1,6 +1,6 @@
 """Any model a user brings (issue #16): every architecture pattern of tests/arch_models.py is pruned at
 0.25 / 0.5 / 0.75, exported, and its ONNX outputs checked against PyTorch (real ONNX Runtime); each goes
-through a 2-trial search (one combined model in the default run, each pattern under -m slow)."""
+through a 2-trial search (one combined model and each pattern, under -m slow)."""
 
 from __future__ import annotations
 
@@ -227,6 +227,7 @@ def _search(make_cfg, tmp_path, name: str):
     assert all(c.params < outcome.report.baseline.params for c in outcome.report.trials)
 
 
+@pytest.mark.slow
 def test_search_on_a_model_with_every_pattern(make_cfg, tmp_path):
     _search(make_cfg, tmp_path, "everything")
 

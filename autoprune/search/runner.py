@@ -328,6 +328,8 @@ class Search:
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("seconds", result.seconds)
+        if result.repaired:  # the plan asked more of a group than it can give: what was built instead
+            trial.set_user_attr("repaired", result.repaired)
         for name, value in self.objectives.violations(metrics, baseline).items():
             trial.set_constraint(name, value)
         searcher.tell(trial, self.objectives.values(metrics), metrics)
@@ -339,8 +341,9 @@ class Search:
 
     def _log_trial(self, run_id: str, result: TrialResult, metrics: dict, workdir: Path) -> bool:
         started = time.perf_counter()
+        repaired = {"autoprune.repaired": json.dumps(result.repaired)} if result.repaired else {}
         self.tracker.log(run_id, metrics=metrics | {f"seconds_{k}": v for k, v in result.seconds.items()},
-                         tags={STATE: "complete"})
+                         tags={STATE: "complete", **repaired})
         self.tracker.log_artifacts(run_id, [workdir / "plan.json", workdir / "latency.json",
                                             result.onnx_path, result.model_path])
         self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - started})
