@@ -24,6 +24,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -206,21 +207,25 @@ def probe(model: nn.Module, example: torch.Tensor, pruner, ratios: Sequence[floa
 
 
 # ------------------------------------------------------------------------------------- the child
-class _TimeUp(BaseException):
-    """Raised in the child by the parent's SIGUSR1 when the time limit is reached."""
-
-
-def module_in(tb, model: nn.Module) -> str:
-    """The name of the innermost module of `model` that the frames of traceback `tb` were working on
-    (a local variable holding the module, or a torch-pruning node of it): where a trace failed."""
+def module_in(frames: Sequence[FrameType], model: nn.Module) -> str:
+    """The name of the innermost module of `model` that `frames` (outermost first) were working on: a
+    local variable holding the module, or a torch-pruning node of it. Where a trace failed or hung."""
     names = {id(m): name for name, m in model.named_modules() if name}
     found = ""
-    for frame, _ in traceback.walk_tb(tb):
+    for frame in frames:
         for value in list(frame.f_locals.values()):
             for candidate in (value, getattr(value, "module", None)):
                 if isinstance(candidate, nn.Module) and id(candidate) in names:
                     found = names[id(candidate)]
     return found
+
+
+def _stack(frame: Optional[FrameType]) -> list[FrameType]:
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames[::-1]
 
 
 def limit_memory(extra_mb: int) -> None:
@@ -235,6 +240,8 @@ def limit_memory(extra_mb: int) -> None:
 
 
 def _child(conn, model, example, pruner, ratios, memory_mb) -> None:
+    """Runs `probe`; every way it ends is one message to the parent, then os._exit (the parent's atexit
+    handlers, MLflow's and logging's, must not run in the child)."""
     torch.set_num_threads(1)  # OpenMP is not fork-safe with more than one thread
     current = ["starting"]
 
@@ -242,8 +249,9 @@ def _child(conn, model, example, pruner, ratios, memory_mb) -> None:
         current[0] = text
         conn.send(("phase", text))
 
-    def time_up(_signum, _frame):
-        raise _TimeUp()
+    def time_up(_signum, frame) -> None:  # the parent's SIGUSR1: say where it is and stop (torch-pruning's
+        conn.send(("failed", "time", current[0], "", module_in(_stack(frame), model)))  # tracer catches
+        os._exit(0)                                                                          # any exception)
 
     signal.signal(signal.SIGUSR1, time_up)
     try:
@@ -251,17 +259,19 @@ def _child(conn, model, example, pruner, ratios, memory_mb) -> None:
         report = probe(model, example, pruner, ratios, phase=phase)
         conn.send(("report", report.to_dict()))
     except BaseException as exc:  # noqa: BLE001  everything ends as a message to the parent
-        kind = {MemoryError: "memory", _TimeUp: "time"}.get(type(exc), "error")
-        if kind == "error" and "can't allocate memory" in str(exc):
-            kind = "memory"
+        memory = isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)
+        frames, link = [], exc
+        while link is not None:  # outermost first: an exception's frames, then those of its cause
+            frames += [frame for frame, _ in traceback.walk_tb(link.__traceback__)]
+            link = link.__cause__ or link.__context__
+        reason = f"{type(exc).__name__}: {first_line(exc)[:300]}"
+        del exc  # what it held (the allocations of a trace that exploded) goes with it
         try:
-            conn.send(("failed", kind, current[0], f"{type(exc).__name__}: {first_line(exc)[:300]}",
-                       module_in(exc.__traceback__, model)))
+            conn.send(("failed", "memory" if memory else "error", current[0], reason, module_in(frames, model)))
         except BaseException:  # noqa: BLE001
             pass
     finally:
-        conn.close()
-        os._exit(0)  # never run the parent's atexit handlers (MLflow, logging) in the child
+        os._exit(0)
 
 
 def run_preflight(model: nn.Module, example: torch.Tensor, pruner, ratios: Sequence[float] = RATIOS,
@@ -275,7 +285,7 @@ def run_preflight(model: nn.Module, example: torch.Tensor, pruner, ratios: Seque
     child.start()
     send.close()
     current, outcome = "starting", None
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s  # counted again from the child's first word: its own start is free
     try:
         while outcome is None:
             remaining = deadline - time.monotonic()
@@ -288,6 +298,8 @@ def run_preflight(model: nn.Module, example: torch.Tensor, pruner, ratios: Seque
             except EOFError:
                 break
             if message[0] == "phase":
+                if current == "starting":
+                    deadline = time.monotonic() + timeout_s
                 current = message[1]
             else:
                 outcome = message
@@ -298,8 +310,8 @@ def run_preflight(model: nn.Module, example: torch.Tensor, pruner, ratios: Seque
                     message = receive.recv()
                 except EOFError:
                     break
-                if message[0] == "failed":
-                    outcome = ("failed", "time", *message[2:])
+                if message[0] != "phase":
+                    outcome = message
                     break
     finally:
         if child.is_alive():

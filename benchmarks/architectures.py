@@ -13,7 +13,8 @@ the hardware profile (default cpu-ort-1t; `--quick` lowers warm-up and repeats).
 pre-flight (autoprune.preflight.probe) finds prunable are counted too.
 
 Each model runs in its own child process with a wall-clock limit and a memory limit (RLIMIT_DATA), so
-one pathological model ends as a failure with its reason instead of taking the machine down. Results
+one pathological model ends as a failure with its reason instead of taking the machine down. The
+models of one run time one at a time (a lock of their own, not the machine-wide one). Results
 go to `--out` (one JSON line per model) as they finish; the table and the summary line are printed
 at the end (and by --table).
 """
@@ -139,9 +140,10 @@ def run_child(name: str, size: int, args, workdir: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--size", str(size), "--child-out", str(out),
            "--ratios", *map(str, args.ratios), "--preflight-s", str(args.preflight_s)] + (["--quick"] if args.quick else [])
     start = time.monotonic()
+    env = {**os.environ, "AUTOPRUNE_LOCK_DIR": str(workdir)}  # this run's models time one at a time
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=args.timeout_s,
-                              preexec_fn=_limits(args.memory_gb, int(args.timeout_s * 1.5)))
+                              env=env, preexec_fn=_limits(args.memory_gb, int(args.timeout_s * 1.5)))
         tail, code = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else [], proc.returncode
     except subprocess.TimeoutExpired:
         tail, code = [], "timeout"
