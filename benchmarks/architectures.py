@@ -50,6 +50,25 @@ def zoo_models() -> list[tuple[str, int, tuple[int, int]]]:
 
 
 # ------------------------------------------------------------------------------------ one model
+def calibrate_norms(model, example, batches: int = 2, batch_size: int = 8) -> None:
+    """Give BatchNorm the running statistics of its real inputs (random ones here), then eval mode.
+    Untrained BatchNorm (mean 0, variance 1) lets activations drift through deep nets to denormal floats,
+    which CPUs compute many times slower: the dense latencies, and so the speedups, would be wrong."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(batch_size, *example.shape[1:]))
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+
+
 def run_model(name: str, size: int, profile_overrides: dict, ratios, out: Path, preflight_s: float) -> None:
     """Everything for one model, in this (child) process; writes the result JSON after every step."""
     import torch
@@ -70,8 +89,9 @@ def run_model(name: str, size: int, profile_overrides: dict, ratios, out: Path, 
 
     save(stage="build")
     torch.manual_seed(0)
-    model = models.get_model(name, weights=None).eval()
+    model = models.get_model(name, weights=None)
     example = torch.randn(1, 3, size, size)
+    calibrate_norms(model, example)
     profile = dataclasses.replace(load_profile("cpu-ort-1t"), **profile_overrides)
     backend = get_backend(profile)
     save(stage="trace")
