@@ -24,13 +24,12 @@ from autoprune.baseline import load_baseline, needs_training
 from autoprune.candidate import CandidateEvaluator, build_evaluator
 from autoprune.errors import ConfigError, ExportError, first_line
 from autoprune.hw import HardwareProfile, Measurer, export_onnx, get_backend, load_profile
-from autoprune.preflight import PreflightReport, run_preflight
+from autoprune.preflight import PREFLIGHT_KEYS, PreflightReport, run_preflight
 from autoprune.prune import PrunableGroup, make_pruner, output_layers
 from autoprune.search.space import RatioRange, SearchSpace, load_space
 from autoprune.tasks import Task, build_task
 
 log = logging.getLogger("autoprune")
-PREFLIGHT_KEYS = ("preflight", "preflight_timeout_s", "preflight_memory_mb")  # how to check, not what to search
 
 
 @dataclass

@@ -35,6 +35,8 @@ from autoprune.errors import ConfigError, first_line
 from autoprune.plan import PrunePlan
 
 RATIOS = (0.25, 0.5, 0.75)
+# the `prune:` keys that set how a model is checked, not what is searched: left out of study names and fingerprints
+PREFLIGHT_KEYS = ("preflight", "preflight_timeout_s", "preflight_memory_mb")
 RTOL = 1e-3          # ONNX Runtime vs PyTorch: max |difference| <= RTOL * max |PyTorch output| + ATOL
 ATOL = 1e-5
 
@@ -347,5 +349,5 @@ def _outcome(outcome, current: str, exitcode, timeout_s: float, memory_mb: int, 
     raise PreflightError(f"pre-flight of task.model ({model_name}) {what} while {phase}{where}: {fix}")
 
 
-__all__ = ["GroupCheck", "PreflightError", "PreflightReport", "RATIOS", "check_model", "check_plan",
-           "limit_memory", "module_in", "output_of", "outputs_match", "probe", "run_preflight"]
+__all__ = ["GroupCheck", "PREFLIGHT_KEYS", "PreflightError", "PreflightReport", "RATIOS", "check_model",
+           "check_plan", "limit_memory", "module_in", "output_of", "outputs_match", "probe", "run_preflight"]

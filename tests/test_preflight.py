@@ -14,6 +14,7 @@ from autoprune.baseline import near_chance
 from autoprune.context import build_context
 from autoprune.preflight import PreflightError, run_preflight
 from autoprune.prune import ChannelPruner, make_pruner, output_layers
+from autoprune.search.fingerprint import study_fingerprint
 from autoprune.tasks.models import resnet_small
 from preflight_models import FixedReshape, OnlyFixedReshape, greedy_net, stuck_net
 
@@ -87,6 +88,7 @@ def test_the_preflight_settings_do_not_rename_the_study(make_cfg):
     b = build_context(make_cfg("task.train.epochs=0", "prune.preflight_timeout_s=100", "prune.preflight_memory_mb=2000"))
     assert a.preflight is not None and not a.preflight.excluded
     assert a.study_name == b.study_name
+    assert study_fingerprint(a.cfg, a.profile.digest()) == study_fingerprint(b.cfg, b.profile.digest())
 
 
 def labels(*ys):
