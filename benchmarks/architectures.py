@@ -57,10 +57,11 @@ def calibrate_norms(model, example, batches: int = 2, batch_size: int = 8) -> No
     import torch
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    model.eval()  # only the norms train: auxiliary heads (inception_v3) and dropout stay as in inference
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the calibration batches
-    model.train()
+        m.train()
     with torch.no_grad():
         for _ in range(batches):
             model(torch.randn(batch_size, *example.shape[1:]))
