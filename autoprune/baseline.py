@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from autoprune.errors import ConfigError
 from autoprune.recover.finetune import train
@@ -74,3 +77,24 @@ def load_baseline(task: Task, cache_dir: Path) -> tuple[nn.Module, str]:
     torch.save(model.state_dict(), tmp)
     tmp.replace(cached)  # atomic: a crash never leaves a half-written cache entry
     return model.eval(), f"trained, cached in {cached}"
+
+
+def chance_level(data: Dataset) -> tuple[float, int]:
+    """(accuracy of always answering the most frequent label, number of classes) on `data`."""
+    counts = Counter(int(label) for _, label in data)
+    total = sum(counts.values())
+    return (max(counts.values()) / total if total else 0.0), len(counts)
+
+
+def near_chance(val_accuracy: float, val: Dataset, origin: str) -> Optional[str]:
+    """A warning when the baseline's validation accuracy is within a tenth of the way from chance level to
+    100 %: pruning a model that has not learned measures nothing. None otherwise."""
+    chance, classes = chance_level(val)
+    if classes < 2 or val_accuracy >= chance + 0.1 * (1.0 - chance):
+        return None
+    how = ("check the weights in task.checkpoint (and that they belong to this task.model and data)"
+           if origin.startswith("checkpoint") else
+           "train it longer or better (task.train.epochs, task.train.lr, task.train.batch_size) or give trained "
+           "weights with task.checkpoint")
+    return (f"the baseline ({origin}) reaches {100 * val_accuracy:.1f}% val accuracy, near chance level "
+            f"({100 * chance:.1f}% with {classes} classes): the search would prune a model that has not learned; {how}")

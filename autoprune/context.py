@@ -6,8 +6,11 @@ baseline has trained.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +24,12 @@ from autoprune.baseline import load_baseline, needs_training
 from autoprune.candidate import CandidateEvaluator, build_evaluator
 from autoprune.errors import ConfigError, ExportError, first_line
 from autoprune.hw import HardwareProfile, Measurer, export_onnx, get_backend, load_profile
+from autoprune.preflight import PREFLIGHT_KEYS, PreflightReport, run_preflight
 from autoprune.prune import PrunableGroup, make_pruner, output_layers
-from autoprune.search.space import SearchSpace, load_space
+from autoprune.search.space import RatioRange, SearchSpace, load_space
 from autoprune.tasks import Task, build_task
+
+log = logging.getLogger("autoprune")
 
 
 @dataclass
@@ -37,6 +43,7 @@ class SearchContext:
     groups: list[PrunableGroup]
     space: SearchSpace
     evaluator: CandidateEvaluator
+    preflight: Optional[PreflightReport] = None
 
     @property
     def study_name(self) -> str:
@@ -48,7 +55,7 @@ class SearchContext:
             del constraints["max_accuracy_drop"]
         spec = json.dumps([self.task.key, self.profile.digest(), self.space.describe(),
                            OmegaConf.to_container(self.cfg.recover, resolve=True),
-                           OmegaConf.to_container(self.cfg.prune, resolve=True),
+                           _prune_cfg(self.cfg),
                            OmegaConf.to_container(self.cfg.search.objectives, resolve=True),
                            constraints], sort_keys=True)
         return f"{self.task.name}-{self.profile.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
@@ -63,20 +70,32 @@ def build_context(cfg: DictConfig, before_baseline: Optional[Callable[[], None]]
     backend = get_backend(profile, cache_dir=Path(cfg.cache_dir))
     task = build_task(cfg.task)
     trains = needs_training(task, Path(cfg.cache_dir))
+    preflight = None
     if trains:
-        _assemble(cfg, profile, backend, task, task.make_model().eval(), check_export=True)
+        *_, preflight = _assemble(cfg, profile, backend, task, task.make_model().eval(), check_export=True)
     if before_baseline is not None:
         before_baseline()
     baseline, origin = load_baseline(task, Path(cfg.cache_dir))
-    groups, space, evaluator = _assemble(cfg, profile, backend, task, baseline, check_export=not trains)
-    return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator)
+    groups, space, evaluator, checked = _assemble(cfg, profile, backend, task, baseline, check_export=not trains,
+                                                  preflight=preflight)
+    return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator, checked)
+
+
+def _prune_cfg(cfg: DictConfig) -> dict:
+    """The `prune:` section without the pre-flight's keys (they change how a model is checked, not what
+    is searched: studies keep their names, the evaluator never sees them)."""
+    prune = OmegaConf.to_container(cfg.prune, resolve=True)
+    return {k: v for k, v in prune.items() if k not in PREFLIGHT_KEYS}
 
 
 def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task: Task, model: nn.Module,
-              check_export: bool) -> tuple[list[PrunableGroup], SearchSpace, CandidateEvaluator]:
+              check_export: bool, preflight: Optional[PreflightReport] = None
+              ) -> tuple[list[PrunableGroup], SearchSpace, CandidateEvaluator, Optional[PreflightReport]]:
     """Groups, search space and evaluator for `model`, after checking it takes the data's inputs (and,
-    with `check_export`, exports to ONNX: once per context). Nothing here depends on the weights, so
-    an untrained model checks it all."""
+    with `check_export`, exports to ONNX and passes the pre-flight: once per context). Nothing here
+    depends on the weights, so an untrained model checks it all. The pre-flight's excluded groups
+    leave the search space; a group that failed a higher tested ratio is searched up to the highest
+    that passed."""
     example = task.data.example_batch(profile.batch_size)
     _check_profile_shape(profile, example)
     _check_inputs(model, example)
@@ -84,12 +103,36 @@ def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task
         _check_exportable(model, example)
     ignore = list(dict.fromkeys([*cfg.prune.ignore, *output_layers(model, example)]))
     pruner = make_pruner(model, example, ignore, profile.round_to)  # channels, or heads/FFN of BERT-style models
+    if check_export and preflight is None and cfg.prune.get("preflight", True):
+        preflight = run_preflight(model, example, pruner, timeout_s=float(cfg.prune.get("preflight_timeout_s", 300)),
+                                  memory_mb=int(cfg.prune.get("preflight_memory_mb", 4096)))
+        for line in preflight.lines():
+            log.info("%s", line)
     groups = pruner.groups(model)
-    prune_cfg = OmegaConf.to_container(cfg.prune, resolve=True)
+    prune_cfg = _prune_cfg(cfg)
     space = load_space(cfg.search_space, groups, cfg.prune.importance, defaults=prune_cfg)
+    if preflight is not None:
+        space = _feasible(space, preflight)
     evaluator = build_evaluator(prune_cfg, OmegaConf.to_container(cfg.recover, resolve=True), model, task.data,
                                 pruner, profile, backend)
-    return groups, space, evaluator
+    return groups, space, evaluator, preflight
+
+
+def _feasible(space: SearchSpace, report: PreflightReport) -> SearchSpace:
+    """`space` without the groups the pre-flight excluded, each group's ratio capped at the highest it passed."""
+    excluded, limited = report.excluded, report.limited
+    dims = []
+    for d in space.dimensions:
+        members = tuple(g for g in d.groups if g not in excluded)
+        if not members:
+            continue
+        cap = min((limited[g] for g in members if g in limited), default=None)
+        if cap is not None and cap < d.range.high:
+            r = d.range
+            high = max(r.low, round(r.low + math.floor((cap - r.low) / r.step + 1e-9) * r.step, 10))
+            d = dataclasses.replace(d, range=RatioRange(r.low, high, r.step))
+        dims.append(dataclasses.replace(d, groups=members))
+    return dataclasses.replace(space, dimensions=tuple(dims))
 
 
 def _check_profile_shape(profile: HardwareProfile, example: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from autoprune.errors import ConfigError
+from autoprune.preflight import PREFLIGHT_KEYS
 from autoprune.resources import resolve_yaml
 
 ATTR = "fingerprint"
@@ -43,7 +44,7 @@ def study_fingerprint(cfg: DictConfig, profile_digest: str) -> dict[str, str]:
         "search_space": _digest(space.read_text()),
         "objectives": _digest(plain(cfg.search.objectives)),
         "constraints": _digest({k: v for k, v in plain(cfg.search.constraints).items() if v is not None}),
-        "prune": _digest(plain(cfg.prune)),
+        "prune": _digest({k: v for k, v in plain(cfg.prune).items() if k not in PREFLIGHT_KEYS}),
         "recover": _digest(plain(cfg.recover)),
     }
 

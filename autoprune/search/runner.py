@@ -20,6 +20,7 @@ import torch_pruning as tp
 from omegaconf import DictConfig, OmegaConf
 
 from autoprune import interrupts
+from autoprune.baseline import near_chance
 from autoprune.candidate import TrialResult
 from autoprune.context import SearchContext, build_context
 from autoprune.deploy import write_bundle
@@ -162,6 +163,9 @@ class Search:
         log.info("baseline (%s): val %.2f%% test %.2f%% | %.3f ms median (cv %.2f%%, n=%d) | %s params",
                  ctx.baseline_origin, 100 * metrics["val_accuracy"], 100 * metrics["test_accuracy"],
                  latency.median_ms, 100 * latency.cv, latency.n, f"{int(n_params):,}")
+        warning = near_chance(metrics["val_accuracy"], ctx.task.data.val, ctx.baseline_origin)
+        if warning:
+            log.warning("%s", warning)
         return metrics
 
     def _score_baseline(self, run_id: str | None) -> tuple[dict, LatencyStats, int]:

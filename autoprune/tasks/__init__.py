@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -35,11 +36,30 @@ def _instantiate(node: Any, what: str) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as exc:
-        if isinstance(exc.__cause__, AutopruneError):  # the factory's own, clearer message
-            raise exc.__cause__ from None
+        cause = exc.__cause__
+        if isinstance(cause, AutopruneError):  # the factory's own, clearer message
+            raise cause from None
+        if cause is not None and str(exc).startswith("Error in call to target"):  # it was found and called
+            raise ConfigError(f"task.{what}._target_={target} raised {type(cause).__name__}: "
+                              f"{first_line(cause)}: {_argument_fix(cause, what)}") from None
         reason = first_line(exc).split(", set env var HYDRA_FULL_ERROR")[0]  # that hint is Hydra's, not ours
         raise ConfigError(f"task.{what}._target_={target} failed: {reason}: set it to an importable class or "
                           f"function (package.module.name) and check its arguments under task.{what}") from None
+
+
+def _argument_fix(cause: BaseException, what: str) -> str:
+    """The override that fixes a factory's argument error (Python's TypeError wording), or where to look."""
+    text = str(cause)
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if unexpected:
+        key = unexpected.group(1)
+        return (f"remove the key with ~task.{what}.{key} (or add a {key} argument to the factory); "
+                f"every key under task.{what} is passed to it")
+    missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)", text)
+    if missing:
+        keys = re.findall(r"'(\w+)'", missing.group(1))
+        return "add " + " ".join(f"+task.{what}.{key}=<value>" for key in keys)
+    return f"check the keys under task.{what} against the factory's arguments"
 
 
 def build_task(cfg: DictConfig) -> Task:
