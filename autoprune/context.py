@@ -24,7 +24,7 @@ from autoprune.baseline import load_baseline, needs_training
 from autoprune.candidate import CandidateEvaluator, build_evaluator
 from autoprune.errors import ConfigError, ExportError, first_line
 from autoprune.hw import HardwareProfile, Measurer, export_onnx, get_backend, load_profile
-from autoprune.preflight import PREFLIGHT_KEYS, PreflightReport, run_preflight
+from autoprune.preflight import PREFLIGHT_KEYS, PreflightReport, bounded_output_layers, run_preflight
 from autoprune.prune import PrunableGroup, make_pruner, output_layers
 from autoprune.search.space import RatioRange, SearchSpace, load_space
 from autoprune.tasks import Task, build_task
@@ -101,7 +101,10 @@ def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task
     _check_inputs(model, example)
     if check_export:
         _check_exportable(model, example)
-    ignore = list(dict.fromkeys([*cfg.prune.ignore, *output_layers(model, example)]))
+    checked = check_export and cfg.prune.get("preflight", True)
+    outputs = (bounded_output_layers(model, example, float(cfg.prune.get("preflight_timeout_s", 300))) if checked
+               else output_layers(model, example))
+    ignore = list(dict.fromkeys([*cfg.prune.ignore, *outputs]))
     pruner = make_pruner(model, example, ignore, profile.round_to)  # channels, or heads/FFN of BERT-style models
     if check_export and preflight is None and cfg.prune.get("preflight", True):
         preflight = run_preflight(model, example, pruner, timeout_s=float(cfg.prune.get("preflight_timeout_s", 300)),

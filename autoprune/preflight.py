@@ -349,5 +349,25 @@ def _outcome(outcome, current: str, exitcode, timeout_s: float, memory_mb: int, 
     raise PreflightError(f"pre-flight of task.model ({model_name}) {what} while {phase}{where}: {fix}")
 
 
-__all__ = ["GroupCheck", "PREFLIGHT_KEYS", "PreflightError", "PreflightReport", "RATIOS", "check_model",
+def bounded_output_layers(model: nn.Module, example: torch.Tensor, timeout_s: float) -> list[str]:
+    """`output_layers` (one forward with autograd on, in this process: its result is needed here) within
+    `timeout_s`: a forward that never ends under autograd is stopped with the module named, like the
+    pre-flight's own trace (the interrupt lands between Python bytecodes)."""
+    from autoprune.prune import output_layers
+    from autoprune.search.deadline import TrialTimeout, deadline
+
+    try:
+        with deadline(timeout_s):
+            return output_layers(model, example)
+    except TrialTimeout as exc:
+        frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+        module = module_in(frames, model)
+        where = f" in module '{module}'" if module else ""
+        raise PreflightError(f"pre-flight of task.model ({type(model).__name__}) ran past its {timeout_s:.0f} s limit "
+                             f"while finding the output layers{where}: add that module to prune.ignore (or set "
+                             "prune.preflight=false to skip this check, at the risk of the same failure during the "
+                             "search)") from None
+
+
+__all__ = ["GroupCheck", "bounded_output_layers", "PREFLIGHT_KEYS", "PreflightError", "PreflightReport", "RATIOS", "check_model",
            "check_plan", "limit_memory", "module_in", "output_of", "outputs_match", "probe", "run_preflight"]

@@ -35,7 +35,9 @@ def check_ready(profile: HardwareProfile) -> None:
     if profile.is_remote:
         from autoprune.hw.remote import check_agent
         check_agent(profile)
-    elif profile.runtime == "onnxruntime":
+        return
+    profile.check_cores()
+    if profile.runtime == "onnxruntime":
         from autoprune.hw.onnxruntime_backend import check_provider
         check_provider(profile)
     elif profile.runtime == "torch":

@@ -94,6 +94,17 @@ class HardwareProfile:
             return self.provider != "CPUExecutionProvider"
         return self.device.startswith("cuda")
 
+    def check_cores(self) -> None:
+        """Raise ProfileError when the profile asks for more threads than this machine has cores (a
+        runtime given 10000 threads hangs in native code, where no signal reaches it). Checked where the
+        profile is measured: here by check_ready, on its machine by the agent."""
+        cores = os.cpu_count() or 1
+        for name in ("threads", "inter_op_threads"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value > cores:
+                raise ProfileError(f"hardware profile {_show(self.name)}: field '{name}' is {value} but this machine "
+                                   f"has {cores} cores: use at most {cores} (or threads: all)")
+
     def thread_count(self) -> int:
         """Intra-op threads as a number ("all" = every core of the machine that measures)."""
         return (os.cpu_count() or 1) if self.threads == "all" else int(self.threads)
@@ -123,12 +134,6 @@ def _validate(p: HardwareProfile) -> None:
         raise bad("runtime", f"is '{p.runtime}'; choose one of {list(RUNTIMES)}")
     if not (p.threads == "all" or positive_int(p.threads)):
         raise bad("threads", f"must be a positive integer or \"all\", got {_show(p.threads)}")
-    cores = os.cpu_count() or 1
-    if not p.is_remote:  # an agent checks against its own machine's cores
-        for name in ("threads", "inter_op_threads"):
-            value = getattr(p, name)
-            if positive_int(value) and value > cores:
-                raise bad(name, f"is {value} but this machine has {cores} cores: use at most {cores} (or threads: all)")
     if not isinstance(p.name, str) or not 0 < len(p.name) <= 100 or not p.name.isprintable():
         raise bad("name", f"must be a printable string of 1-100 characters, got {_show(p.name)}")
     if not isinstance(p.description, str) or len(p.description) > 1000:
