@@ -99,12 +99,14 @@ def test_nm_keeps_exactly_n_of_every_m_and_skips_layers_it_cannot_tile(model, ex
     groups = {g.name: g for g in engine.groups(model)}
     logger, records = logging.getLogger("autoprune"), _Records()
     logger.addHandler(records)
-    level, logger.level = logger.level, logging.INFO
+    # another test's logging.config.dictConfig (a library's, disable_existing_loggers) may have disabled it
+    level, disabled, logger.level, logger.disabled = logger.level, logger.disabled, logging.INFO, False
     try:
         result = engine.apply(model, PrunePlan.uniform(groups, 0.5, pattern="nm", nm=(1, 4)))
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
+        logger.disabled = disabled
     # the stem conv has one input channel: 1:4 cannot tile it, it stays dense with a logged reason
     assert "stem.0" in result.skipped and "divisible by 4" in result.skipped["stem.0"]
     assert any("stem.0" in line and "exclude it" in line for line in records.lines)

@@ -90,6 +90,7 @@ class SearchSpace:
     importances: tuple[str, ...] = ("l2",)
     nm: tuple[int, int] = DEFAULT_NM
     block: tuple[int, int] = DEFAULT_BLOCK
+    per_group: bool = False   # the space file sets ranges per group (a sensitivity prior), not only feasibility caps
 
     def __post_init__(self) -> None:
         if not self.dimensions:
@@ -155,7 +156,9 @@ class SearchSpace:
 
     @property
     def has_group_ranges(self) -> bool:
-        return len({d.range for d in self.dimensions}) > 1
+        """Ranges set per group by the space file (a sensitivity prior); caps from what a group can take
+        (PrunableGroup.max_ratio, the pre-flight) do not count."""
+        return self.per_group and len({d.range for d in self.dimensions}) > 1
 
     def describe(self) -> dict:
         out = {"dimensions": [[d.name, list(d.groups), d.range.low, d.range.high, d.range.step]
@@ -303,7 +306,7 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
         probe = GroupPlan(0.0, "channel", tuple(nm), tuple(block))
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return SearchSpace(tuple(dims), importances, probe.nm, probe.block)
+    return SearchSpace(tuple(dims), importances, probe.nm, probe.block, per_group=bool(data.get("per_group")))
 
 
 def load_space(name_or_path: str, all_groups: Sequence, default_importance: str = "l2",
