@@ -13,7 +13,8 @@ from autoprune.tasks.models import resnet_small
 
 DATA = Path(__file__).parent / "data"
 
-# A tiny but real setup: ResNet (8/16/16 channels) on 16x16 digits, 2 baseline epochs, 1 fine-tune epoch.
+# A tiny but real setup: ResNet (8/16/16 channels) on 16x16 digits, 2 baseline epochs, 1 fine-tune epoch,
+# no pre-flight (seconds per context; tests/test_preflight.py covers it).
 FAST = [
     f"hw={DATA / 'fast-cpu.yaml'}",
     "task.model.widths=[8,16,16]",
@@ -21,6 +22,7 @@ FAST = [
     "task.train.epochs=2",
     "recover.epochs=1",
     "search.warm_start=[0.5]",
+    "prune.preflight=false",   # its own tests (test_preflight.py, the bad-input catalogue) turn it on
 ]
 
 

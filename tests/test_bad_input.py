@@ -240,10 +240,12 @@ CASES = [
                  "add +task.model.in_channels=<value> +task.model.out_channels=<value> +task.model.kernel_size=<value>"),
          id="model-factory-misses-arguments"),
     case("task.model._target_=preflight_models.stuck_net", "~task.model.widths", "~task.model.blocks",
+         "prune.preflight=true",
          "prune.preflight_timeout_s=3",
          expect=("pre-flight of task.model (_Net) ran past its 3 s limit while finding the output layers in "
                  "module 'inner'", "add that module to prune.ignore"), id="model-trace-never-ends"),
     case("task.model._target_=preflight_models.OnlyFixedReshape", "~task.model.widths", "~task.model.blocks",
+         "prune.preflight=true",
          "+task.model.width=32",
          expect=("no group of task.model (OnlyFixedReshape) can be pruned, exported and run (group 'conv'",
                  "add its layers to prune.ignore"), id="model-with-nothing-prunable"),

@@ -13,6 +13,7 @@ from conftest import FAST
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow   # whole benchmark scripts
 def test_search_quality_script_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), "--trials", "2", "--seeds", "0",
@@ -36,6 +37,7 @@ def test_throughput_script_runs(tmp_path):
     assert "speed-up of 2 workers" in result.stdout and "export + measure" in result.stdout
 
 
+@pytest.mark.slow   # whole benchmark scripts
 def test_realized_speedup_script_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "realized_speedup.py"), "--hw", str(ROOT / "tests" / "data" /
@@ -46,6 +48,7 @@ def test_realized_speedup_script_runs(tmp_path):
     assert len(rows) == 4 and all(0 < float(r[3]) < 1 for r in rows)   # MACs ratio of a 50 % prune
 
 
+@pytest.mark.slow   # whole benchmark scripts
 def test_memory_script_runs(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--trials", "3", "--warmup", "1",
                              "--override", f"hw={ROOT / 'tests' / 'data' / 'fast-cpu.yaml'}"],

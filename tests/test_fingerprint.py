@@ -21,6 +21,7 @@ def test_check_names_every_changed_part_and_force_overrides():
     check_fingerprint("s", stored, changed, force=True)
 
 
+@pytest.mark.slow   # whole searches; the refusal is in the default run's bad-input catalogue
 @pytest.mark.parametrize("change, named", [
     (["search.objectives=[val_accuracy,macs]"], "search.objectives"),
     (["task.model.widths=[8,8,16]"], "task.model"),
@@ -41,6 +42,7 @@ def test_resume_with_other_settings_fails_before_anything_is_written(make_cfg, t
     assert sorted(p.name for p in (tmp_path / "cache").rglob("*")) == cached_before   # no baseline trained
 
 
+@pytest.mark.slow   # whole searches; the refusal is in the default run's bad-input catalogue
 def test_force_resumes_and_records_the_new_fingerprint(make_cfg, tmp_path):
     run(make_cfg("search.study_name=mine", "search.n_trials=1"), tmp_path / "first")
     run(make_cfg("search.study_name=mine", "search.n_trials=2", "recover.lr=0.01", "search.resume=force"),

@@ -73,7 +73,7 @@ def test_a_trace_that_explodes_is_stopped_by_the_memory_limit():
 def test_the_search_space_leaves_out_what_the_preflight_excluded(make_cfg):
     model = ["task.model._target_=preflight_models.FixedReshape", "~task.model.widths", "~task.model.blocks",
              "+task.model.width=32", "task.train.epochs=0"]
-    checked = build_context(make_cfg(*model, "search_space=default"))
+    checked = build_context(make_cfg(*model, "search_space=default", "prune.preflight=true"))
     assert checked.preflight.excluded.keys() == {"features.3"}
     assert checked.space.groups == ("features.0",)
     assert {g.name for g in checked.groups} == {"features.0", "features.3"}
@@ -83,7 +83,7 @@ def test_the_search_space_leaves_out_what_the_preflight_excluded(make_cfg):
 
 
 def test_the_preflight_settings_do_not_rename_the_study(make_cfg):
-    a = build_context(make_cfg("task.train.epochs=0"))
+    a = build_context(make_cfg("task.train.epochs=0", "prune.preflight=true"))
     b = build_context(make_cfg("task.train.epochs=0", "prune.preflight_timeout_s=100", "prune.preflight_memory_mb=2000"))
     assert a.preflight is not None and not a.preflight.excluded
     assert a.study_name == b.study_name

@@ -40,6 +40,7 @@ def test_schedule_points_follow_the_definitions():
         ScheduleConfig.from_prune({"agp": {"start": 0.9, "end": 0.5}})
 
 
+@pytest.mark.slow   # several fine-tunes
 @pytest.mark.parametrize("schedule", ["iterative", "agp", "lth"])
 def test_gradual_schedules_end_exactly_where_one_shot_does(schedule, make_cfg, tmp_path):
     oneshot = _context(make_cfg, "recover.epochs=2")
@@ -80,6 +81,7 @@ def test_iterative_channel_schedule_prunes_in_steps_during_finetuning(make_cfg, 
     assert [e for e, _ in seen] == [0, 1, 2] and len({lat for _, lat in seen}) == 1   # latency known from epoch 0
 
 
+@pytest.mark.slow   # several fine-tunes
 def test_lottery_ticket_rewinds_survivors_to_the_baseline(make_cfg, tmp_path):
     ctx = _context(make_cfg, "recover.epochs=0", "prune.schedule=lth", "prune.lth.train_epochs=1",
                    "prune.lth.rewind_epoch=0")
@@ -148,6 +150,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(make_cfg):
     assert gap(kd) < gap(plain)
 
 
+@pytest.mark.slow   # several fine-tunes
 @pytest.mark.parametrize("kind", ["bn_l1", "group_lasso"])
 def test_regulariser_phase_shrinks_what_it_targets(kind, make_cfg):
     plain = _context(make_cfg)
@@ -163,6 +166,7 @@ def test_regulariser_phase_shrinks_what_it_targets(kind, make_cfg):
     assert measure(start).item() < 0.9 * measure(same).item()
 
 
+@pytest.mark.slow   # several fine-tunes
 def test_kd_and_schedule_run_end_to_end_in_a_search(make_cfg, tmp_path):
     from autoprune.cli import run
 

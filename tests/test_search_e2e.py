@@ -120,7 +120,7 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("stage", FAULTS)
+@pytest.mark.parametrize("stage", [pytest.param(k, marks=[] if k == "pruning" else [pytest.mark.slow]) for k in FAULTS])
 def test_a_fault_at_any_stage_fails_that_trial_with_its_reason_and_the_search_goes_on(make_cfg, tmp_path,
                                                                                      monkeypatch, stage):
     import importlib
@@ -145,6 +145,7 @@ def test_a_fault_at_any_stage_fails_that_trial_with_its_reason_and_the_search_go
     assert len(outcome.report.trials) == 2
 
 
+@pytest.mark.slow   # a whole search each
 def test_diverging_fine_tune_fails_its_trial_with_the_reason(make_cfg, tmp_path, monkeypatch):
     """Fault: one candidate's fine-tuning really diverges (learning rate 1e30 -> inf/NaN loss). That trial
     fails with the reason in Optuna and MLflow; the others complete; counts stay right."""
@@ -190,6 +191,7 @@ def test_own_model_data_and_checkpoint(make_cfg, tmp_path):
     assert outcome.report.baseline.params == sum(p.numel() for p in tiny_cnn().parameters())
 
 
+@pytest.mark.slow   # a whole search each
 @pytest.mark.parametrize("overrides", [
     ["search.backend=nni", "search.nni.tuner=evolution"],
     ["search.sampler=uniform", "search.warm_start=[]"],
@@ -220,6 +222,7 @@ def test_backends_objectives_and_constraints_end_to_end(make_cfg, tmp_path, over
         assert build_context(unset).study_name == build_context(absent).study_name != outcome.study_name
 
 
+@pytest.mark.slow   # a whole search each
 def test_early_stop_prunes_a_candidate_trailing_a_faster_one(make_cfg, tmp_path):
     # trial 0 prunes 85 % everywhere (fast); trial 1 prunes nothing (slower: wide layers, so that the
     # order holds however noisy the machine); a margin of -1 makes "trails by more than -1" true
@@ -237,6 +240,7 @@ def test_early_stop_prunes_a_candidate_trailing_a_faster_one(make_cfg, tmp_path)
     assert run_.data.tags["autoprune.state"] == "pruned"
 
 
+@pytest.mark.slow   # a whole search each
 def test_trial_timeout_and_flaky_mlflow_do_not_stop_the_search(make_cfg, tmp_path, monkeypatch):
     """Faults: a trial past search.trial_timeout_s fails with its reason; MLflow failing twice in a row
     is retried; MLflow failing for good on one trial's artifacts leaves the trial complete in Optuna."""

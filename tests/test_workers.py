@@ -110,6 +110,7 @@ def test_stale_trial_of_a_dead_worker_is_failed_closed_and_retried(tmp_path, dat
     victim.wait()
     time.sleep(5)  # > 4 heartbeats
     survivor = subprocess.run(_command(tmp_path, optuna_url, mlflow_url, *args[:-1], "recover.epochs=1",
+                                       "search.resume=force",   # shorter fine-tunes than the victim's, on purpose
                                        f"hydra.run.dir={tmp_path / 's'}"),
                               cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert survivor.returncode == 0, survivor.stderr[-3000:]
