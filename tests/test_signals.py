@@ -110,7 +110,7 @@ def test_second_sigint_waits_for_the_cleanup_of_the_first(tmp_path, cache):
     """SIGINT mid-trial; a second SIGINT while the first one's cleanup is under way (the trial's fail
     reason is recorded, its MLflow run not yet closed: the test holds the MLflow database)."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    proc = _start(tmp_path, cache, storage, "recover.epochs=20")
+    proc = _start(tmp_path, cache, storage, "recover.epochs=2000")  # outlasts the test: the signal lands mid-trial
     try:
         # mid-trial: its MLflow run has its params, so the process is in the trial's evaluation
         number, _ = pg.wait_for(lambda: [
