@@ -26,29 +26,25 @@ def load_existing(cfg: DictConfig) -> tuple[optuna.Study, Tracker]:
     return study, Tracker(cfg.tracking.uri, cfg.tracking.experiment)
 
 
-def _targets(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every `_target_` in a plain container tree."""
+def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a plain container tree."""
     if isinstance(node, dict):
         for key, value in node.items():
             dotted = f"{path}.{key}" if path else str(key)
-            if key == "_target_":
+            if key == "_target_":   # whatever it holds, it is checked as one value
                 yield dotted, value
             else:
-                yield from _targets(value, dotted)
+                yield from _leaves(value, dotted)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _targets(value, f"{path}[{i}]")
+            yield from _leaves(value, f"{path}[{i}]")
+    else:
+        yield path, node
 
 
-def _interpolations(node: Any, path: str = "") -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _interpolations(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _interpolations(value, f"{path}[{i}]")
-    elif isinstance(node, str) and "${" in node:
-        yield path
+def _targets(node: Any) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every `_target_` in a plain container tree."""
+    return ((key, value) for key, value in _leaves(node) if key.rsplit(".", 1)[-1] == "_target_")
 
 
 def study_config(study: optuna.Study, cli: DictConfig) -> DictConfig:
@@ -65,7 +61,7 @@ def study_config(study: optuna.Study, cli: DictConfig) -> DictConfig:
             raise ConfigError(f"study '{study.study_name}' names {key}={shown}, which is neither autoprune's nor "
                               f"given in this command: stored configs are not trusted to run code; if you trust "
                               f"it, add {key}={target if isinstance(target, str) else '<factory>'} to the command")
-    for key in _interpolations(stored):
+    for key in (key for key, value in _leaves(stored) if isinstance(value, str) and "${" in value):
         raise ConfigError(f"study '{study.study_name}' has an interpolation at {key} in its stored config "
                           "(autoprune stores configs resolved): the storage was changed by hand; refusing it")
     return OmegaConf.create(stored)
