@@ -31,12 +31,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from autoprune.config import PREFLIGHT_KEYS  # the prune keys that set how a model is checked, not what is searched
 from autoprune.errors import ConfigError, first_line
 from autoprune.plan import PrunePlan
 
 RATIOS = (0.25, 0.5, 0.75)
-# the `prune:` keys that set how a model is checked, not what is searched: left out of study names and fingerprints
-PREFLIGHT_KEYS = ("preflight", "preflight_timeout_s", "preflight_memory_mb")
 RTOL = 1e-3          # ONNX Runtime vs PyTorch: max |difference| <= RTOL * max |PyTorch output| + ATOL
 ATOL = 1e-5
 

@@ -1,13 +1,18 @@
-"""Recovery configuration (`recover:` in conf/config.yaml): fine-tuning, distillation, regulariser."""
+"""Recovery configuration (`recover:` in conf/config.yaml): fine-tuning, distillation, regulariser.
+
+`RecoverSection` is the `recover:` section as written (flat training keys plus `kd` and `regulariser`);
+`RecoverConfig` is what the evaluator uses (the TrainConfig apart). Ranges and choices are declared on
+the fields (autoprune.schema) and checked once, wherever the settings come from.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from autoprune.errors import ConfigError
 from autoprune.recover.finetune import TrainConfig
+from autoprune.schema import build, check, setting
 
 REGULARISERS = ("none", "bn_l1", "group_lasso")
 
@@ -17,14 +22,11 @@ class KDConfig:
     """Knowledge distillation from the unpruned baseline: loss = (1 - alpha) * CE + alpha * T^2 * KL."""
 
     enabled: bool = False
-    temperature: float = 4.0
-    alpha: float = 0.5
+    temperature: float = setting(4.0, gt=0)
+    alpha: float = setting(0.5, ge=0, le=1, fix="the weight of the distillation loss, e.g. {key}=0.5")
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ConfigError(f"recover.kd.temperature={self.temperature} must be > 0: use e.g. 4")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"recover.kd.alpha={self.alpha} must be in [0, 1] (weight of the distillation loss)")
+        check(self, "recover.kd")
 
 
 @dataclass(frozen=True)
@@ -33,33 +35,30 @@ class RegulariserConfig:
     R = sum |gamma| of BatchNorm layers (bn_l1, network slimming) or sum of the L2 norms of every prunable
     output channel / neuron (group_lasso). Run once per search; trials start from its result."""
 
-    kind: str = "none"
-    weight: float = 1e-4
-    epochs: int = 0
+    kind: str = setting("none", choices=REGULARISERS)
+    weight: float = setting(1e-4, ge=0)
+    epochs: int = setting(0, ge=0)
 
     def __post_init__(self) -> None:
-        if self.kind not in REGULARISERS:
-            raise ConfigError(f"recover.regulariser.kind='{self.kind}': choose one of {list(REGULARISERS)}")
-        if self.weight < 0 or self.epochs < 0:
-            raise ConfigError("recover.regulariser.weight and .epochs must be >= 0")
+        check(self, "recover.regulariser")
 
     @property
     def active(self) -> bool:
         return self.kind != "none" and self.epochs > 0 and self.weight > 0
 
 
-def _build(cls, data: Any, where: str):
-    if data is None:
-        return cls()
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a mapping of {[f.name for f in dataclasses.fields(cls)]}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(data) - names)
-    if bad:
-        raise ConfigError(f"{where}: unknown key(s) {bad}; known: {sorted(names)}")
-    return cls(**data)
+@dataclass(frozen=True)
+class RecoverSection(TrainConfig):
+    """The `recover:` config section: the fine-tuning keys of TrainConfig, distillation and regulariser."""
+
+    kd: KDConfig = field(default_factory=KDConfig)
+    regulariser: RegulariserConfig = field(default_factory=RegulariserConfig)
+
+    def __post_init__(self) -> None:
+        check(self, "recover")
+
+    def train(self) -> TrainConfig:
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 @dataclass(frozen=True)
@@ -80,12 +79,10 @@ class RecoverConfig:
 
     @classmethod
     def coerce(cls, value: Any) -> "RecoverConfig":
-        """From a RecoverConfig, a TrainConfig, or the `recover:` mapping (flat training keys + kd + regulariser)."""
+        """From a RecoverConfig, a TrainConfig, a RecoverSection or the `recover:` mapping."""
         if isinstance(value, RecoverConfig):
             return value
-        if isinstance(value, TrainConfig):
+        if isinstance(value, TrainConfig) and not isinstance(value, RecoverSection):
             return cls(value)
-        data = dict(value or {})
-        kd = _build(KDConfig, data.pop("kd", None), "recover.kd")
-        reg = _build(RegulariserConfig, data.pop("regulariser", None), "recover.regulariser")
-        return cls(TrainConfig.checked("recover", **data), kd, reg)
+        section = build(RecoverSection, value, "recover")
+        return cls(section.train(), section.kd, section.regulariser)

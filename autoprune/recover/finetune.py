@@ -20,47 +20,28 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from autoprune.errors import AutopruneError, ConfigError
+from autoprune.schema import build, check, setting
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD training settings (`task.train`, and the flat keys of `recover`). Invalid values raise a
-    ConfigError naming the key (its section is added by the caller: see `checked`)."""
+    """SGD training settings (`task.train`, and the flat keys of `recover`); each field's range is
+    declared here once (autoprune.schema) and checked wherever the settings come from."""
 
-    epochs: int = 3
-    lr: float = 0.02
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = setting(3, ge=0)
+    lr: float = setting(0.02, gt=0, want="a learning rate > 0")
+    batch_size: int = setting(64, ge=1)
+    momentum: float = setting(0.9, ge=0, lt=1)
+    weight_decay: float = setting(5e-4, ge=0)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def number(value) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        def integer(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        checks = (("epochs", integer(self.epochs) and self.epochs >= 0, "an integer >= 0, e.g. 3"),
-                  ("lr", number(self.lr) and self.lr > 0, "a learning rate > 0, e.g. 0.02"),
-                  ("batch_size", integer(self.batch_size) and self.batch_size >= 1, "an integer >= 1, e.g. 64"),
-                  ("momentum", number(self.momentum) and 0 <= self.momentum < 1, "in [0, 1), e.g. 0.9"),
-                  ("weight_decay", number(self.weight_decay) and self.weight_decay >= 0, ">= 0, e.g. 0.0005"),
-                  ("seed", integer(self.seed), "an integer"))
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)!r} must be {want}")
+        check(self)
 
     @classmethod
     def checked(cls, section: str, **values) -> "TrainConfig":
         """Build from a config section, naming it in errors (`recover.lr=-1 must be ...`)."""
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"{section}: unknown key(s) {unknown}; known: {[f.name for f in dataclasses.fields(cls)]}")
-        try:
-            return cls(**values)
-        except ConfigError as exc:
-            raise ConfigError(f"{section}.{exc}") from None
+        return build(cls, values, section)
 
 
 class DivergedError(AutopruneError):
