@@ -6,13 +6,14 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from autoprune.config import PruneConfig
 from autoprune.hw import HardwareProfile, LatencyBackend, LatencyStats, export_model
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner
@@ -21,7 +22,8 @@ from autoprune.prune.saliency import GradientStats, needs_gradients
 from autoprune.prune.schedule import ScheduleConfig
 from autoprune.prune.sparsity import model_encoding
 from autoprune.recover import RecoverConfig, TrainConfig, evaluate, finetune, make_penalty
-from autoprune.errors import ConfigError, PruningError
+from autoprune.errors import PruningError
+from autoprune.schema import build
 from autoprune.weights import load_into, load_weights, shapes
 from autoprune.tasks import DataSplits
 
@@ -264,20 +266,14 @@ class CandidateEvaluator:
         return model, masks, skipped
 
 
-PRUNE_KEYS = {"importance", "ignore", "pattern", "nm", "block", "unstructured_scope", "calibration_batches",
-              "schedule", "iterative", "agp", "lth"}
-
-
-def build_evaluator(prune: Optional[Mapping], recover: Optional[Mapping], baseline: nn.Module, data: DataSplits,
+def build_evaluator(prune: Any, recover: Any, baseline: nn.Module, data: DataSplits,
                     pruner: StructuralPruner, profile: HardwareProfile, backend: LatencyBackend) -> CandidateEvaluator:
-    """The evaluator a search uses, from the `prune:` and `recover:` config sections (plain mappings)."""
-    prune = dict(prune or {})
-    bad = sorted(set(prune) - PRUNE_KEYS)
-    if bad:
-        raise ConfigError(f"prune: unknown key(s) {bad}; known: {sorted(PRUNE_KEYS)}")
+    """The evaluator a search uses, from the `prune:` and `recover:` config sections (typed sections from
+    autoprune.config, or plain mappings checked as them)."""
+    prune = build(PruneConfig, prune, "prune")
     recover = RecoverConfig.coerce(recover)
-    engine = PruningEngine(pruner, data.train, str(prune.get("unstructured_scope") or "layer"),
-                           int(prune.get("calibration_batches", 4)), recover.train.batch_size, recover.seed)
+    engine = PruningEngine(pruner, data.train, prune.unstructured_scope, prune.calibration_batches,
+                           recover.train.batch_size, recover.seed)
     return CandidateEvaluator(baseline, data, engine, recover, profile, backend, ScheduleConfig.from_prune(prune))
 
 

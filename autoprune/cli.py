@@ -19,6 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from autoprune.config import MODES, AppConfig
+
 from autoprune import interrupts
 from autoprune.errors import AutopruneError
 from autoprune.overrides import check_overrides
@@ -26,7 +28,6 @@ from autoprune.resources import resource_dir
 from autoprune.usage import help_for, help_requested, is_mode_word, unknown_mode
 
 log = logging.getLogger("autoprune")
-MODES = ("search", "report", "pick", "reproduce", "calibrate", "sensitivity")
 
 
 def _quiet_libraries() -> None:
@@ -40,8 +41,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-def run(cfg: DictConfig, output_dir: Path):
-    """Run the configured mode and print its summary; returns the mode's outcome (tests, Python API)."""
+def run(cfg: DictConfig | AppConfig, output_dir: Path):
+    """Run the configured mode and print its summary; returns the mode's outcome (tests, Python API).
+    The config is checked and typed here, once (autoprune.config); every layer below reads the AppConfig."""
+    cfg = AppConfig.of(cfg)
+    cfg.check_files()
     output_dir = Path(output_dir)
     if cfg.mode == "search":
         from autoprune.search.runner import Search, print_summary
@@ -86,7 +90,7 @@ def run(cfg: DictConfig, output_dir: Path):
         print(f"curves: {result.files['png']}\nprior search space: {result.files['prior']} "
               "(use it with search_space=<that path>)")
         return result
-    raise AutopruneError(f"unknown mode '{cfg.mode}': choose one of {list(MODES)} (or run `python -m autoprune agent`)")
+    raise AssertionError(f"mode {cfg.mode!r} passed the schema but has no runner")
 
 
 @hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")

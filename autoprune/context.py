@@ -18,14 +18,15 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
 
 from autoprune.baseline import load_baseline, needs_training
 from autoprune.candidate import CandidateEvaluator, build_evaluator
+from autoprune.config import AppConfig
 from autoprune.errors import ConfigError, ExportError, first_line
 from autoprune.hw import HardwareProfile, Measurer, export_onnx, get_backend, load_profile
-from autoprune.preflight import PREFLIGHT_KEYS, PreflightReport, bounded_output_layers, run_preflight
+from autoprune.preflight import PreflightReport, bounded_output_layers, run_preflight
 from autoprune.prune import PrunableGroup, make_pruner, output_layers
+from autoprune.schema import to_plain
 from autoprune.search.space import RatioRange, SearchSpace, load_space
 from autoprune.tasks import Task, build_task
 
@@ -34,7 +35,7 @@ log = logging.getLogger("autoprune")
 
 @dataclass
 class SearchContext:
-    cfg: DictConfig
+    cfg: AppConfig
     profile: HardwareProfile
     backend: Measurer
     task: Task
@@ -49,23 +50,25 @@ class SearchContext:
     def study_name(self) -> str:
         """`search.study_name`, or a name derived from everything that makes trials comparable."""
         if self.cfg.search.study_name:
-            return str(self.cfg.search.study_name)
-        constraints = OmegaConf.to_container(self.cfg.search.constraints, resolve=True)
+            return self.cfg.search.study_name
+        constraints = to_plain(self.cfg.search.constraints)
         if constraints.get("max_accuracy_drop", 0) is None:  # added later: studies that don't set it keep their names
             del constraints["max_accuracy_drop"]
         spec = json.dumps([self.task.key, self.profile.digest(), self.space.describe(),
-                           OmegaConf.to_container(self.cfg.recover, resolve=True),
-                           _prune_cfg(self.cfg),
-                           OmegaConf.to_container(self.cfg.search.objectives, resolve=True),
+                           to_plain(self.cfg.recover),
+                           self.cfg.prune.searched(),
+                           list(self.cfg.search.objectives),
                            constraints], sort_keys=True)
         return f"{self.task.name}-{self.profile.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
-def build_context(cfg: DictConfig, before_baseline: Optional[Callable[[], None]] = None) -> SearchContext:
+def build_context(cfg: AppConfig, before_baseline: Optional[Callable[[], None]] = None) -> SearchContext:
     """Build everything a search shares. When the baseline is to be trained (no checkpoint, nothing
     cached), the untrained model goes through the same checks first, so a bad model, importance or
     search space fails in seconds instead of after training. `before_baseline` runs once those checks
-    passed, before the baseline is loaded or trained (a search opens its storage and tracker there)."""
+    passed, before the baseline is loaded or trained (a search opens its storage and tracker there).
+    A composed DictConfig is checked and typed first (AppConfig.of)."""
+    cfg = AppConfig.of(cfg)
     profile = load_profile(cfg.hw)
     backend = get_backend(profile, cache_dir=Path(cfg.cache_dir))
     task = build_task(cfg.task)
@@ -81,14 +84,7 @@ def build_context(cfg: DictConfig, before_baseline: Optional[Callable[[], None]]
     return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator, checked)
 
 
-def _prune_cfg(cfg: DictConfig) -> dict:
-    """The `prune:` section without the pre-flight's keys (they change how a model is checked, not what
-    is searched: studies keep their names, the evaluator never sees them)."""
-    prune = OmegaConf.to_container(cfg.prune, resolve=True)
-    return {k: v for k, v in prune.items() if k not in PREFLIGHT_KEYS}
-
-
-def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task: Task, model: nn.Module,
+def _assemble(cfg: AppConfig, profile: HardwareProfile, backend: Measurer, task: Task, model: nn.Module,
               check_export: bool, preflight: Optional[PreflightReport] = None
               ) -> tuple[list[PrunableGroup], SearchSpace, CandidateEvaluator, Optional[PreflightReport]]:
     """Groups, search space and evaluator for `model`, after checking it takes the data's inputs (and,
@@ -101,23 +97,21 @@ def _assemble(cfg: DictConfig, profile: HardwareProfile, backend: Measurer, task
     _check_inputs(model, example)
     if check_export:
         _check_exportable(model, example)
-    checked = check_export and cfg.prune.get("preflight", True)
-    outputs = (bounded_output_layers(model, example, float(cfg.prune.get("preflight_timeout_s", 300))) if checked
+    checked = check_export and cfg.prune.preflight
+    outputs = (bounded_output_layers(model, example, cfg.prune.preflight_timeout_s) if checked
                else output_layers(model, example))
     ignore = list(dict.fromkeys([*cfg.prune.ignore, *outputs]))
     pruner = make_pruner(model, example, ignore, profile.round_to)  # channels, or heads/FFN of BERT-style models
-    if check_export and preflight is None and cfg.prune.get("preflight", True):
-        preflight = run_preflight(model, example, pruner, timeout_s=float(cfg.prune.get("preflight_timeout_s", 300)),
-                                  memory_mb=int(cfg.prune.get("preflight_memory_mb", 4096)))
+    if check_export and preflight is None and cfg.prune.preflight:
+        preflight = run_preflight(model, example, pruner, timeout_s=cfg.prune.preflight_timeout_s,
+                                  memory_mb=cfg.prune.preflight_memory_mb)
         for line in preflight.lines():
             log.info("%s", line)
     groups = pruner.groups(model)
-    prune_cfg = _prune_cfg(cfg)
-    space = load_space(cfg.search_space, groups, cfg.prune.importance, defaults=prune_cfg)
+    space = load_space(cfg.search_space, groups, cfg.prune.importance, defaults=cfg.prune.searched())
     if preflight is not None:
         space = _feasible(space, preflight)
-    evaluator = build_evaluator(prune_cfg, OmegaConf.to_container(cfg.recover, resolve=True), model, task.data,
-                                pruner, profile, backend)
+    evaluator = build_evaluator(cfg.prune, cfg.recover, model, task.data, pruner, profile, backend)
     return groups, space, evaluator, preflight
 
 

@@ -1,10 +1,11 @@
 """Check command-line overrides before Hydra runs them.
 
 Hydra answers a misspelt key, an unknown config-group option or a malformed override with several
-lines and exit status 1; the config has no schema, so a value of the wrong type (`search.n_trials=abc`)
-only fails deep inside a run, with a traceback. `check_overrides` composes the config the way Hydra
-will and turns each of these mistakes into one ConfigError naming the fix (the closest key, the
-available options, the expected type), which the CLI prints as one line with exit status 2.
+lines and exit status 1. `check_overrides` composes the config the way Hydra will and turns each of
+these mistakes into one ConfigError naming the fix (the closest key, the available options, the
+expected type), which the CLI prints as one line with exit status 2. A value's type comes from the
+config schema (autoprune.config); under the open `task:` mapping, from the composed default. Ranges
+and choices are the schema's business, checked when `cli.run` types the whole config.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from autoprune.config import AppConfig
 from autoprune.errors import ConfigError, first_line
 from autoprune.resources import resource_dir
+from autoprune.schema import CFG_HINT, convert, field_at, type_word
 
 _ABSENT = object()
-CFG_HINT = "python -m autoprune --cfg job"   # prints every key with its value
 
 
 def check_overrides(args: Sequence[str], modes: Sequence[str] = ()) -> None:
@@ -104,9 +106,25 @@ def _unknown_key(key: str, keys: list[str]) -> str:
     return f"unknown config key '{key}': {guess}(every key: {CFG_HINT})"
 
 
+def _schema_type(key: str) -> Optional[tuple[Callable[[Any], bool], str]]:
+    """(test, name) of the values the schema's field at `key` takes; None outside the schema (task.*)."""
+    found = field_at(AppConfig, key)
+    if found is None:
+        return None
+    tp = found[0]
+
+    def test(value: Any) -> bool:
+        try:
+            convert(tp, value, key)
+            return True
+        except ConfigError:
+            return False
+    return test, type_word(tp)
+
+
 def _expected(default: Any) -> Optional[tuple[Callable[[Any], bool], str]]:
-    """(test, name) of the values an override of a key whose default is `default` may take; None when
-    anything goes (strings and null defaults: the code that reads them validates them)."""
+    """(test, name) of the values an override of an open-mapping key (task.*) whose default is `default`
+    may take; None when anything goes (strings and null defaults: the code that reads them checks them)."""
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     if isinstance(default, bool):
         return (lambda v: isinstance(v, bool)), "true or false"
@@ -124,16 +142,18 @@ def _expected(default: Any) -> Optional[tuple[Callable[[Any], bool], str]]:
 def _check_type(o: Override, default: Any) -> None:
     if o.is_sweep_override():
         return  # `a=1,2` without --multirun: Hydra's own compose reports it
-    value, expected = o.value(), _expected(default)
-    if expected is None or value is None or (isinstance(value, str) and "${" in value):
+    value, expected = o.value(), _schema_type(o.key_or_group) or _expected(default)
+    if expected is None or (isinstance(value, str) and "${" in value):
         return
     test, name = expected
-    if not test(value):
+    if not test(value) and not (value is None and field_at(AppConfig, o.key_or_group) is None):
         key, text = o.key_or_group, o.get_value_element_as_str()
-        if name == "a list":
+        if name.startswith("a list"):
             example = f"{key}=[{text}]"
-        elif name == "a mapping":
-            example = f"{key}.{next(iter(default), 'name')}=<value>"
+        elif name.startswith("a mapping"):
+            example = f"{key}.{next(iter(default or {}), 'name')}=<value>"
+        elif default is None:
+            example = f"{key}=<{name.split(' or ')[0].split(' ', 1)[-1]}>"
         else:
             example = f"{key}={str(default).lower() if isinstance(default, bool) else default}"
         raise ConfigError(f"{key}={text} is not {name}: give {name}, e.g. {example}")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from omegaconf import DictConfig
 
+from autoprune.config import AppConfig
 from autoprune.errors import AutopruneError
 from autoprune.report.collect import Candidate, collect
 from autoprune.search.existing import load_existing
@@ -75,9 +75,9 @@ class PickOutcome:
     onnx_path: Path
 
 
-def run_pick(cfg: DictConfig) -> PickOutcome:
+def run_pick(cfg: AppConfig) -> PickOutcome:
     study, tracker = load_existing(cfg)
-    data = collect(study, tracker, float(cfg.search.hv_max_drop))
+    data = collect(study, tracker, cfg.search.hv_max_drop)
     p = cfg.pick
     rule = PickRule(p.max_latency_ms, p.min_accuracy, p.max_params)
     chosen, feasible = choose(data.trials, rule)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from omegaconf import DictConfig
 
+from autoprune.config import AppConfig
 from autoprune.context import build_context
 from autoprune.errors import ConfigError, few
 from autoprune.search.existing import load_existing, study_config
@@ -43,11 +43,11 @@ def _run_of(tracker, study_name: str, number: int) -> str:
                       "tracking.uri and tracking.experiment the search ran with")
 
 
-def run_reproduce(cfg: DictConfig, output_dir: Path) -> Reproduction:
+def run_reproduce(cfg: AppConfig, output_dir: Path) -> Reproduction:
     if cfg.reproduce.trial is None:
         raise ConfigError("reproduce needs a trial number: add reproduce.trial=<N> (see the report's model column)")
     study, tracker = load_existing(cfg)
-    number = int(cfg.reproduce.trial)
+    number = cfg.reproduce.trial
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     trial = trials.get(number)
     if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:

@@ -5,6 +5,7 @@ In a checkout they sit next to the package; in a wheel they are copied inside it
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from autoprune.errors import ConfigError
@@ -32,7 +33,10 @@ def resolve_yaml(kind: str, name_or_path: str) -> Path:
                           f"or use a shipped name, one of [{shipped()}]")
     if (folder / f"{name_or_path}.yaml").is_file():
         return folder / f"{name_or_path}.yaml"
-    raise ConfigError(f"unknown {kind} '{name_or_path}': choose one of [{shipped()}] or give a path to a YAML file")
+    close = difflib.get_close_matches(str(name_or_path), [p.stem for p in folder.glob("*.yaml")], n=1)
+    guess = f"did you mean {close[0]}? " if close else ""
+    raise ConfigError(f"unknown {kind} '{name_or_path}': {guess}choose one of [{shipped()}] or give a path to a "
+                      "YAML file")
 
 
 def yaml_problem(exc: Exception) -> str:

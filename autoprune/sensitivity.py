@@ -32,22 +32,18 @@ from typing import Optional
 import torch
 import torch_pruning as tp
 import yaml
-from omegaconf import DictConfig, OmegaConf
 
+from autoprune.config import AppConfig
 from autoprune.context import SearchContext, build_context
-from autoprune.errors import ConfigError
 from autoprune.hw import export_model
 from autoprune.plan import GroupPlan, PrunePlan
 from autoprune.recover import evaluate, finetune
+from autoprune.schema import to_plain
 from autoprune.search.space import build_space
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import ROLE
 
 log = logging.getLogger("autoprune")
-
-DEFAULTS = {"ratios": [0.25, 0.5, 0.75], "pattern": "channel", "finetune_epochs": 0, "max_drop": 0.02,
-            "measure": True, "max_groups": None}
-
 
 @dataclass(frozen=True)
 class SensitivityPoint:
@@ -91,19 +87,10 @@ class SensitivityResult:
         return "\n".join(rows)
 
 
-def _settings(cfg: DictConfig) -> dict:
-    given = OmegaConf.to_container(cfg.sensitivity, resolve=True) if cfg.get("sensitivity") is not None else {}
-    bad = sorted(set(given) - set(DEFAULTS))
-    if bad:
-        raise ConfigError(f"sensitivity: unknown key(s) {bad}; known: {sorted(DEFAULTS)}")
-    s = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None or k == "max_groups"}}
-    ratios = sorted({float(r) for r in s["ratios"] or []})
-    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
-        raise ConfigError(f"sensitivity.ratios={s['ratios']} must be a non-empty list of ratios in (0, 1), "
-                          "e.g. [0.25, 0.5, 0.75]")
-    s["ratios"] = ratios
-    if not 0.0 <= float(s["max_drop"]) < 1.0:
-        raise ConfigError(f"sensitivity.max_drop={s['max_drop']} must be in [0, 1): e.g. 0.02 (two points)")
+def _settings(cfg: AppConfig) -> dict:
+    """`sensitivity:` as plain data (its ranges are checked by the schema), ratios sorted and unique."""
+    s = to_plain(cfg.sensitivity)
+    s["ratios"] = sorted({float(r) for r in s["ratios"]})
     return s
 
 
@@ -160,13 +147,14 @@ def prior_space(result: SensitivityResult, ctx: SearchContext, settings: dict) -
     if result.pattern != "channel":
         data["patterns"] = [result.pattern]
     build_space(data, ctx.groups, result.importance, where="sensitivity prior",
-                defaults=OmegaConf.to_container(ctx.cfg.prune, resolve=True))  # it must be a usable space
+                defaults=ctx.cfg.prune.searched())  # it must be a usable space
     return data
 
 
-def run_sensitivity(cfg: DictConfig, output_dir: Path) -> SensitivityResult:
+def run_sensitivity(cfg: AppConfig, output_dir: Path) -> SensitivityResult:
     """Run the analysis for `cfg` (the same config a search takes, plus `sensitivity:`); writes files under
     `output_dir/sensitivity/` and logs to MLflow. Returns the result (points, prior, files, MLflow run id)."""
+    cfg = AppConfig.of(cfg)
     settings = _settings(cfg)
     ctx = build_context(cfg)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
@@ -176,11 +164,11 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path) -> SensitivityResult:
     start = evaluator.start_model()
     importance = str(cfg.prune.importance)
     space = ctx.space
-    pattern = str(settings["pattern"])
+    pattern = settings["pattern"]
     groups = {g.name: g for g in ctx.groups}
     names = [n for n in space.groups if n in groups]
     if settings["max_groups"] is not None:
-        names = names[:int(settings["max_groups"])]
+        names = names[:settings["max_groups"]]
 
     tracker.start_root(f"sensitivity-{ctx.task.name}", {ROLE: "sensitivity", "autoprune.task": ctx.task.name})
     status = "FAILED"
@@ -208,9 +196,9 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path) -> SensitivityResult:
                 model = copy.deepcopy(start)
                 torch.manual_seed(evaluator.recover.seed)
                 pruned = evaluator.engine.apply(model, plan)
-                if int(settings["finetune_epochs"]) > 0:
+                if settings["finetune_epochs"] > 0:
                     finetune(model, ctx.task.data.train, evaluator.recover.train,
-                             epochs=int(settings["finetune_epochs"]), masks=pruned.masks)
+                             epochs=settings["finetune_epochs"], masks=pruned.masks)
                 acc = evaluate(model, ctx.task.data.val)
                 latency = _measure(ctx, model) if settings["measure"] else None
                 _, params = tp.utils.count_ops_and_params(model, evaluator.example_input)
@@ -226,10 +214,10 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path) -> SensitivityResult:
         for name in names:  # the highest ratio such that it and every lower tested ratio stay within max_drop
             prior[name] = 0.0
             for p in sorted((p for p in points if p.group == name), key=lambda p: p.ratio):
-                if p.accuracy_drop > float(settings["max_drop"]):
+                if p.accuracy_drop > settings["max_drop"]:
                     break
                 prior[name] = p.ratio
-        result = SensitivityResult(base_acc, base_lat, int(base_params), points, prior, float(settings["max_drop"]),
+        result = SensitivityResult(base_acc, base_lat, int(base_params), points, prior, settings["max_drop"],
                                    pattern, importance, tracker.parent_id)
         files = {"csv": out / "sensitivity.csv", "json": out / "sensitivity.json", "png": out / "sensitivity.png",
                  "prior": out / "prior.yaml"}

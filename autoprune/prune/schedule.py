@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
-
-from autoprune.errors import ConfigError
+from typing import Any, Optional
 
 SCHEDULES = ("oneshot", "iterative", "agp", "lth")
 
@@ -44,35 +42,24 @@ class ScheduleConfig:
     train_epochs: Optional[int] = None  # lth: epochs of training before each pruning (None: recover.epochs)
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise ConfigError(f"prune.schedule='{self.kind}': choose one of {list(SCHEDULES)}")
-        if self.steps < 1 or self.agp_steps < 1 or self.rounds < 1:
-            raise ConfigError("prune.iterative.steps, prune.agp.steps and prune.lth.rounds must be >= 1")
-        if not 0.0 <= self.agp_start <= self.agp_end <= 1.0:
-            raise ConfigError(f"prune.agp start={self.agp_start}, end={self.agp_end}: need 0 <= start <= end <= 1 "
-                              "(fractions of the fine-tuning steps)")
-        if self.rewind_epoch < 0 or (self.train_epochs is not None and self.train_epochs < 0):
-            raise ConfigError("prune.lth.rewind_epoch and prune.lth.train_epochs must be >= 0")
+        """The ranges are the config's (autoprune.config: prune.schedule, prune.iterative/agp/lth), declared once."""
+        from autoprune.config import AgpConfig, IterativeConfig, LthConfig, PruneConfig
+        from autoprune.schema import check_value, field_at, rule_of
+
+        check_value(rule_of(field_at(PruneConfig, "schedule")[1]), self.kind, "prune.schedule")
+        IterativeConfig(self.steps)
+        AgpConfig(self.agp_steps, self.agp_start, self.agp_end)
+        LthConfig(self.rounds, self.rewind_epoch, self.train_epochs)
 
     @classmethod
-    def from_prune(cls, prune: Optional[Mapping[str, Any]]) -> "ScheduleConfig":
-        """From the `prune:` config section (schedule, iterative.steps, agp.{steps,start,end},
-        lth.{rounds,rewind_epoch,train_epochs}); missing keys keep their defaults."""
-        prune = dict(prune or {})
-        d = {f.name: f.default for f in dataclasses.fields(cls)}
-        d["kind"] = str(prune.get("schedule", "oneshot"))
-        sections = {"iterative": {"steps": "steps"},
-                    "agp": {"steps": "agp_steps", "start": "agp_start", "end": "agp_end"},
-                    "lth": {"rounds": "rounds", "rewind_epoch": "rewind_epoch", "train_epochs": "train_epochs"}}
-        for section, keys in sections.items():
-            values = dict(prune.get(section) or {})
-            bad = sorted(set(values) - set(keys))
-            if bad:
-                raise ConfigError(f"prune.{section}: unknown key(s) {bad}; known: {sorted(keys)}")
-            for key, field_name in keys.items():
-                if key in values and values[key] is not None:
-                    d[field_name] = type(d[field_name])(values[key]) if d[field_name] is not None else int(values[key])
-        return cls(**d)
+    def from_prune(cls, prune: Any) -> "ScheduleConfig":
+        """From the `prune:` config section (a PruneConfig, or a plain mapping checked as one)."""
+        from autoprune.config import PruneConfig
+        from autoprune.schema import build
+
+        p = build(PruneConfig, prune, "prune")
+        return cls(p.schedule, p.iterative.steps, p.agp.steps, p.agp.start, p.agp.end, p.lth.rounds,
+                   p.lth.rewind_epoch, p.lth.train_epochs)
 
     def points(self, total_steps: int) -> list[tuple[int, float]]:
         """(optimizer step, fraction of the plan) at which to prune, for iterative and agp."""

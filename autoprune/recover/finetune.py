@@ -10,7 +10,6 @@ keeps its position.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import AutopruneError
 from autoprune.schema import build, check, setting
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import optuna
-from omegaconf import DictConfig
 
+from autoprune.config import AppConfig
 from autoprune.deploy import write_bundle
 from autoprune.report.collect import ReportData, collect
 from autoprune.report.pareto_report import write_report
@@ -29,9 +29,9 @@ def split_sizes(study: optuna.Study) -> Optional[SplitSizes]:
         return None
 
 
-def run_report(cfg: DictConfig, output_dir: Path) -> tuple[ReportData, list[Path]]:
+def run_report(cfg: AppConfig, output_dir: Path) -> tuple[ReportData, list[Path]]:
     study, tracker = load_existing(cfg)
-    data = collect(study, tracker, float(cfg.search.hv_max_drop))
+    data = collect(study, tracker, cfg.search.hv_max_drop)
     files = write_report(data, Path(output_dir) / "report", split_sizes(study))
     write_bundle(data, tracker, Path(output_dir) / "report")
     return data, files

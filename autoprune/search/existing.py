@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
 
+from autoprune.config import AppConfig
 from autoprune.errors import ConfigError
 from autoprune.search.study import find_study, open_storage
 from autoprune.track import Tracker
@@ -20,7 +20,7 @@ from autoprune.track import Tracker
 OWN_TARGETS = "autoprune."   # the project's own factories (tasks.zoo, tasks.models, tasks.data ...)
 
 
-def load_existing(cfg: DictConfig) -> tuple[optuna.Study, Tracker]:
+def load_existing(cfg: AppConfig) -> tuple[optuna.Study, Tracker]:
     storage = open_storage(cfg.search.storage)
     study = find_study(storage, cfg.search.storage, cfg.search.study_name)
     return study, Tracker(cfg.tracking.uri, cfg.tracking.experiment)
@@ -47,14 +47,15 @@ def _targets(node: Any) -> Iterator[tuple[str, Any]]:
     return ((key, value) for key, value in _leaves(node) if key.rsplit(".", 1)[-1] == "_target_")
 
 
-def study_config(study: optuna.Study, cli: DictConfig) -> DictConfig:
+def study_config(study: optuna.Study, cli: AppConfig) -> AppConfig:
     """The resolved config the study's trials were run with, checked against the allow-list: every
     `_target_` is autoprune's own or one this command's config (`cli`, composed from the command line)
-    names too. The stored config was saved resolved, so it holds no interpolation either."""
+    names too. The stored config was saved resolved, so it holds no interpolation either. It is typed
+    and checked like the command's own; keys a later version dropped are ignored, missing ones default."""
     stored = study.user_attrs.get("config")
     if not isinstance(stored, dict):
         raise ConfigError(f"study '{study.study_name}' carries no config (it was not created by autoprune)")
-    trusted = {value for _, value in _targets(OmegaConf.to_container(cli, resolve=False))}
+    trusted = {value for _, value in _targets(AppConfig.of(cli).to_dict())}
     for key, target in _targets(stored):
         if not isinstance(target, str) or not (target.startswith(OWN_TARGETS) or target in trusted):
             shown = repr(target)[:120]
@@ -64,4 +65,4 @@ def study_config(study: optuna.Study, cli: DictConfig) -> DictConfig:
     for key in (key for key, value in _leaves(stored) if isinstance(value, str) and "${" in value):
         raise ConfigError(f"study '{study.study_name}' has an interpolation at {key} in its stored config "
                           "(autoprune stores configs resolved): the storage was changed by hand; refusing it")
-    return OmegaConf.create(stored)
+    return AppConfig.of(stored, lenient=True)

@@ -14,11 +14,11 @@ import json
 from typing import Any, Mapping
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
 
+from autoprune.config import PREFLIGHT_KEYS, AppConfig
 from autoprune.errors import ConfigError
-from autoprune.preflight import PREFLIGHT_KEYS
 from autoprune.resources import resolve_yaml
+from autoprune.schema import to_plain
 
 ATTR = "fingerprint"
 # part -> the config keys it covers (named in the error)
@@ -31,21 +31,21 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def study_fingerprint(cfg: DictConfig, profile_digest: str) -> dict[str, str]:
-    """One hash per part of the config that defines a study (see PARTS)."""
-    plain = lambda node: OmegaConf.to_container(node, resolve=True) if node is not None else None  # noqa: E731
-    task = cfg.task
-    space = resolve_yaml("search_spaces", str(cfg.search_space))
+def study_fingerprint(cfg: AppConfig, profile_digest: str) -> dict[str, str]:
+    """One hash per part of the config that defines a study (see PARTS), over the values as given."""
+    cfg = AppConfig.of(cfg)
+    task = cfg.task.as_mapping()
+    space = resolve_yaml("search_spaces", cfg.search_space)
     return {
-        "model": _digest(plain(task.model)),
-        "data": _digest(plain(task.data)),
-        "baseline": _digest([plain(task.train), task.get("checkpoint")]),
+        "model": _digest(task.get("model")),
+        "data": _digest(task.get("data")),
+        "baseline": _digest([task.get("train"), task.get("checkpoint")]),
         "hw": profile_digest,
         "search_space": _digest(space.read_text()),
-        "objectives": _digest(plain(cfg.search.objectives)),
-        "constraints": _digest({k: v for k, v in plain(cfg.search.constraints).items() if v is not None}),
-        "prune": _digest({k: v for k, v in plain(cfg.prune).items() if k not in PREFLIGHT_KEYS}),
-        "recover": _digest(plain(cfg.recover)),
+        "objectives": _digest(list(cfg.search.objectives)),
+        "constraints": _digest(cfg.search.constraints.bounds()),
+        "prune": _digest({k: v for k, v in to_plain(cfg.prune).items() if k not in PREFLIGHT_KEYS}),
+        "recover": _digest(to_plain(cfg.recover)),
     }
 
 

@@ -10,9 +10,7 @@ below the baseline's, so it holds whatever accuracy the baseline turns out to ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
-
-from autoprune.errors import ConfigError
+from typing import Any, Mapping, Optional, Sequence
 
 DIRECTIONS = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
               "onnx_bytes": "minimize"}
@@ -21,24 +19,6 @@ CONSTRAINTS = {"max_latency_ms": ("latency_ms", 1), "min_accuracy": ("val_accura
                "max_accuracy_drop": ("val_accuracy", -1), "max_params": ("params", 1), "max_macs": ("macs", 1),
                "max_onnx_bytes": ("onnx_bytes", 1)}
 RELATIVE = {"max_accuracy_drop"}   # bound = the baseline's value of the metric minus the setting
-FRACTIONS = {"min_accuracy": "validation accuracy is a fraction, e.g. {key}=0.95",
-             "max_accuracy_drop": "it is a fraction of accuracy, e.g. {key}=0.01 for 1 point"}
-
-
-def _bound(name: str, value) -> float:
-    """A constraint's bound as a number in its metric's range (accuracy is a fraction, the rest positive)."""
-    key = f"search.constraints.{name}"
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        bound = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a number: give one, or null for no bound") from None
-    if name in FRACTIONS and not 0.0 <= bound <= 1.0:
-        raise ConfigError(f"{key}={value} is outside [0, 1]: " + FRACTIONS[name].format(key=key))
-    if name not in FRACTIONS and not bound > 0.0:
-        raise ConfigError(f"{key}={value} must be > 0 (or null for no bound)")
-    return bound
 
 
 @dataclass(frozen=True)
@@ -47,19 +27,16 @@ class Objectives:
     bounds: tuple[tuple[str, float], ...] = ()       # (constraint name, bound), only those set
 
     @classmethod
-    def from_config(cls, names: Sequence[str], constraints: Optional[Mapping] = None) -> "Objectives":
-        names = tuple(names)
-        unknown = [n for n in names if n not in DIRECTIONS]
-        if unknown or not names:
-            raise ConfigError(f"search.objectives {unknown or '[]'}: choose from {list(DIRECTIONS)}")
-        if len(set(names)) != len(names):
-            raise ConfigError(f"search.objectives {list(names)} repeats a metric")
-        constraints = dict(constraints or {})
-        bad = sorted(set(constraints) - set(CONSTRAINTS))
-        if bad:
-            raise ConfigError(f"search.constraints: unknown key(s) {bad}; known: {sorted(CONSTRAINTS)}")
-        bounds = tuple((k, _bound(k, v)) for k, v in constraints.items() if v is not None)
-        return cls(names, bounds)
+    def from_config(cls, names: Sequence[str], constraints: Any = None) -> "Objectives":
+        """From `search.objectives` and `search.constraints` (a ConstraintsConfig or a plain mapping);
+        names and bounds are checked by the config schema (autoprune.config.SearchConfig)."""
+        from autoprune.config import ConstraintsConfig, SearchConfig
+        from autoprune.schema import build, check_value, field_at, rule_of
+
+        _, objectives = field_at(SearchConfig, "objectives")
+        check_value(rule_of(objectives), list(names), "search.objectives")
+        bounds = build(ConstraintsConfig, constraints, "search.constraints").bounds()
+        return cls(tuple(names), tuple((k, float(v)) for k, v in bounds.items()))
 
     @property
     def directions(self) -> list[str]:

@@ -17,14 +17,13 @@ from typing import Any, Callable
 
 import optuna
 import torch_pruning as tp
-from omegaconf import DictConfig, OmegaConf
 
 from autoprune import interrupts
 from autoprune.baseline import near_chance
 from autoprune.candidate import TrialResult
+from autoprune.config import AppConfig
 from autoprune.context import SearchContext, build_context
 from autoprune.deploy import write_bundle
-from autoprune.errors import ConfigError
 from autoprune.hw import LatencyStats, export_model, load_profile
 from autoprune.owner import process_owner
 from autoprune.plan import PrunePlan
@@ -72,24 +71,20 @@ def _one_line(exc: BaseException) -> str:
 class Search:
     """One invocation of a search. Construct (validates config, loads/trains the baseline), then run()."""
 
-    def __init__(self, cfg: DictConfig, output_dir: Path):
-        self.cfg = cfg
+    def __init__(self, cfg: AppConfig, output_dir: Path):
+        self.cfg = cfg = AppConfig.of(cfg)   # a composed DictConfig (Python API, tests) is checked here
         self.output_dir = Path(output_dir)
-        if int(cfg.search.n_trials) < 0:
-            raise ConfigError(f"search.n_trials must be >= 0, got {cfg.search.n_trials}")
-        if cfg.search.backend not in ("optuna", "nni"):
-            raise ConfigError(f"unknown search.backend '{cfg.search.backend}': choose optuna or nni")
         check_search(cfg)  # warm start, NNI, measurement runtime: before anything is built or recorded
         self.objectives = Objectives.from_config(cfg.search.objectives, cfg.search.constraints)
-        sampler = make_sampler(cfg.search.sampler, int(cfg.seed), int(cfg.search.population_size))
-        self.stale = StaleTrialHandler(int(cfg.search.max_retry))
+        sampler = make_sampler(cfg.search.sampler, cfg.seed, cfg.search.population_size)
+        self.stale = StaleTrialHandler(cfg.search.max_retry)
 
         self.fingerprint = study_fingerprint(cfg, load_profile(cfg.hw).digest())
 
         def open_records() -> None:  # after the cheap checks, before the baseline trains: a bad URL fails fast
             self.storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, self.stale)
             if cfg.search.study_name:  # a named study may hold another search's trials: refuse to mix them
-                check_fingerprint(str(cfg.search.study_name), stored_fingerprint(self.storage, cfg.search.study_name),
+                check_fingerprint(cfg.search.study_name, stored_fingerprint(self.storage, cfg.search.study_name),
                                   self.fingerprint, force=cfg.search.resume == "force")
             self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
 
@@ -100,9 +95,9 @@ class Search:
         self.study.set_metric_names(list(self.objectives.names))   # the report, optuna-dashboard: named axes
         if ATTR not in self.study.user_attrs or cfg.search.resume == "force":
             self.study.set_user_attr(ATTR, self.fingerprint)
-        self.heartbeat = Heartbeat(self.storage, float(cfg.search.heartbeat_s or 0))
+        self.heartbeat = Heartbeat(self.storage, cfg.search.heartbeat_s or 0)
         stop = cfg.search.early_stop
-        self.stopper = ParetoStopper(self.study, float(stop.margin), int(stop.min_epoch)) if stop.enabled else None
+        self.stopper = ParetoStopper(self.study, stop.margin, stop.min_epoch) if stop.enabled else None
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -111,13 +106,13 @@ class Search:
         with shared_lock(cfg.search.storage, self.study_name, cfg.search.run_name):
             self._close_orphans()
             if not self.study.trials:
-                warm = [ctx.space.uniform(float(ratio)) for ratio in cfg.search.warm_start]
+                warm = [ctx.space.uniform(ratio) for ratio in cfg.search.warm_start]
                 if ctx.space.has_group_ranges:  # a sensitivity prior: each group at its own limit
                     warm.append(ctx.space.upper())
                 for plan in warm:
                     self.study.enqueue_trial(ctx.space.encode(plan))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
-        self.study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
+        self.study.set_user_attr("config", cfg.to_dict())
         self.split_sizes = SplitSizes.of(ctx.task.data)   # the report's accuracy intervals, recorded as data
         self.study.set_user_attr(SPLIT_SIZES, {"val": self.split_sizes.val, "test": self.split_sizes.test})
         params = {"task": cfg.task.name, "hw": ctx.profile.name, "hw_digest": ctx.profile.digest(),
@@ -131,7 +126,7 @@ class Search:
         self._reconcile("start")
         used = budget_used(self.study, group)
         log.info("study %s (%d of %d trials done%s) | %d prunable groups | hw %s | MLflow run %s",
-                 self.study_name, min(used, int(cfg.search.n_trials)), cfg.search.n_trials,
+                 self.study_name, min(used, cfg.search.n_trials), cfg.search.n_trials,
                  f" in run group {group}" if group else "", len(ctx.groups), ctx.profile.name, parent)
         status = "FAILED"
         try:
@@ -190,8 +185,8 @@ class Search:
     def _searcher(self, baseline: dict) -> Searcher:
         search = self.cfg.search
         if search.backend == "nni":
-            return NniSearcher(self.study, self.ctx.space, search.nni.tuner, int(self.cfg.seed),
-                               float(search.nni.speedup_weight), baseline["latency_ms"])
+            return NniSearcher(self.study, self.ctx.space, search.nni.tuner, self.cfg.seed,
+                               search.nni.speedup_weight, baseline["latency_ms"])
         if search.sampler == "uniform":
             return UniformGridSearcher(self.study, self.ctx.space)
         return OptunaSearcher(self.study)
@@ -224,13 +219,12 @@ class Search:
         if self.cfg.search.heartbeat_s:
             optuna.storages.fail_stale_trials(self.study)
         group = self.cfg.search.run_name
-        return claim(self.study, self.cfg.search.storage, str(group) if group else None,
-                     int(self.cfg.search.n_trials), searcher.ask)
+        return claim(self.study, self.cfg.search.storage, group or None, self.cfg.search.n_trials, searcher.ask)
 
     def _trials(self, baseline: dict, searcher: Searcher) -> None:
-        n_trials, started = int(self.cfg.search.n_trials), time.perf_counter()
+        n_trials, started = self.cfg.search.n_trials, time.perf_counter()
         group = self.cfg.search.run_name
-        max_drop = float(self.cfg.search.hv_max_drop)
+        max_drop = self.cfg.search.hv_max_drop
         for i in itertools.count():
             trial = self._next_trial(searcher)
             if trial is None:
@@ -388,7 +382,7 @@ class Search:
                 self._finish_pareto_model(run, PrunePlan.from_dict(front[number].user_attrs["plan"]))
             except Exception as exc:  # MLflow trouble: the model keeps its Optuna record and report row
                 log.warning("Pareto model #%d: test accuracy / MLflow models skipped (%s)", number, _one_line(exc))
-        data = collect(self.study, self.tracker, float(self.cfg.search.hv_max_drop))
+        data = collect(self.study, self.tracker, self.cfg.search.hv_max_drop)
         files = write_report(data, self.output_dir / "report", self.split_sizes)
         if self.tracker.parent_id:
             self._mlflow("report artifacts", lambda: self.tracker.log_artifacts(self.tracker.parent_id, files, "report"))

@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch.nn as nn
 from hydra.errors import InstantiationException
@@ -30,7 +30,7 @@ class Task:
 
 
 def _instantiate(node: Any, what: str) -> Any:
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    target = node.get("_target_") if isinstance(node, Mapping) else None
     if not target:
         raise ConfigError(f"task.{what}._target_ is missing: set it to an importable factory, e.g. pkg.module.make_{what}")
     try:
@@ -62,22 +62,26 @@ def _argument_fix(cause: BaseException, what: str) -> str:
     return f"check the keys under task.{what} against the factory's arguments"
 
 
-def build_task(cfg: DictConfig) -> Task:
-    """Instantiate the data once; the model factory is called per baseline build."""
+def build_task(cfg: Any) -> Task:
+    """Instantiate the data once; the model factory is called per baseline build. `cfg`: the `task:`
+    section (a TaskConfig, or a composed DictConfig / mapping checked as one)."""
+    from autoprune.config import TaskConfig
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = TaskConfig.from_mapping(cfg) if not isinstance(cfg, TaskConfig) else cfg
     model_cfg = cfg.model
     data = DataSplits.coerce(_instantiate(cfg.data, "data"), cfg.data.get("_target_"))
 
     def make_model() -> nn.Module:
         model = _instantiate(model_cfg, "model")
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"task.model._target_={model_cfg._target_} returned {type(model).__name__}, not an nn.Module")
+            raise ConfigError(f"task.model._target_={model_cfg['_target_']} returned {type(model).__name__}, not an nn.Module")
         return model
 
-    checkpoint = Path(cfg.checkpoint).expanduser() if cfg.get("checkpoint") else None
-    train = TrainConfig.checked("task.train", **OmegaConf.to_container(cfg.train, resolve=True))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    key = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Task(cfg.name, make_model, data, train, checkpoint, key)
+    checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
+    key = hashlib.sha256(json.dumps(cfg.as_mapping(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Task(cfg.name, make_model, data, cfg.train, checkpoint, key)
 
 
 __all__ = ["DataSplits", "Task", "build_task"]
