@@ -130,8 +130,15 @@ def _range_error(rule: Rule, label: str, key: str, example: Any, integer: bool) 
     return f"{label} must be {want}" + (f", {fix}" if fix else "")
 
 
-def check_value(rule: Rule, value: Any, key: str, example: Any = None) -> None:
-    """Raise ConfigError unless `value` (already of the field's type) keeps `rule`."""
+def integral(tp: Any) -> bool:
+    """Whether a type hint holds integers (int, Optional[int], list[int]): "an integer >= 1" in errors."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return tp is int or bool(args) and all(integral(a) for a in args)
+
+
+def check_value(rule: Rule, value: Any, key: str, example: Any = None, integer: Optional[bool] = None) -> None:
+    """Raise ConfigError unless `value` (already of the field's type) keeps `rule`. `integer`: the field
+    holds integers (default: judged from the value)."""
     if value is None:
         return
     if isinstance(value, (list, tuple)):
@@ -147,14 +154,15 @@ def check_value(rule: Rule, value: Any, key: str, example: Any = None) -> None:
         for v in value:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not _in_range(rule, v):
                 raise ConfigError(_range_error(rule, f"{key} {rule.item or 'item'} {show(v)}", key, example,
-                                               isinstance(v, int)))
+                                               isinstance(v, int) if integer is None else integer))
         return
     options = rule.options()
     if options and value not in options:
         fix = rule.fix.format(key=key) if rule.fix else f"choose one of [{', '.join(map(str, options))}]"
         raise ConfigError(f"unknown {key} '{value}': {did_you_mean(value, options, f'{key}=')}{fix}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(rule, value):
-        raise ConfigError(_range_error(rule, f"{key}={show(value)}", key, example, isinstance(value, int)))
+        raise ConfigError(_range_error(rule, f"{key}={show(value)}", key, example,
+                                       isinstance(value, int) if integer is None else integer))
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -174,7 +182,7 @@ def check(obj: Any, where: str = "") -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}={value} must be a finite number, e.g. {show(_default(f))}")
         convert(hints[f.name], value, key, _default(f))
-        check_value(rule_of(f), value, key, _default(f))
+        check_value(rule_of(f), value, key, _default(f), integral(hints[f.name]))
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -253,7 +261,7 @@ def build(cls: type, data: Any, where: str = "", lenient: bool = False) -> Any:
         if name in data:
             key = f"{where}.{name}" if where else name
             value = convert(hints[name], data[name], key, _default(f), lenient)
-            check_value(rule_of(f), value, key, _default(f))
+            check_value(rule_of(f), value, key, _default(f), integral(hints[name]))
             values[name] = value
     missing = [n for n, f in fields.items() if n not in values and f.default is _NOTHING
                and f.default_factory is _NOTHING]

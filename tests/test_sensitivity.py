@@ -69,7 +69,7 @@ def test_sensitivity_with_masks_and_no_timing(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [("sensitivity.ratios=[]", "non-empty list"),
-                                               ("sensitivity.ratios=[1.5]", "in \\(0, 1\\)"),
+                                               ("sensitivity.ratios=[1.5]", "outside \\(0, 1\\)"),
                                                ("+sensitivity.steps=3", "unknown key")])
 def test_bad_sensitivity_settings_are_rejected(make_cfg, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
