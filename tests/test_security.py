@@ -116,7 +116,7 @@ def test_a_stored_target_outside_the_allow_list_is_refused(searched):
         assert not marker.exists()
         # the same target given on this command's own command line is the user's choice: trusted
         cli = _cfg(tmp, "mode=reproduce", "reproduce.trial=0", "task.data._target_=builtins.open")
-        assert study_config(study, cli).task.data._target_ == "builtins.open"
+        assert study_config(study, cli).task.data["_target_"] == "builtins.open"
         study.set_user_attr("config", {**genuine, "seed": "${oc.env:HOME}"})
         with pytest.raises(ConfigError, match="interpolation at seed"):
             study_config(study, _cfg(tmp))
