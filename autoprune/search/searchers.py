@@ -180,7 +180,7 @@ class NniSearcher(OptunaSearcher):
         if metrics is not None:
             self.tuner.receive_trial_result(pid, raw, self.score(metrics))
         else:
-            self.tuner.trial_end(pid, success=False)
+            self.tuner.trial_end(pid, False)  # positional: TpeTuner names it _success
 
 
 SEARCHERS: tuple[type[OptunaSearcher], ...] = (UniformGridSearcher, OptunaSearcher, NniSearcher)
