@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from autoprune.errors import ConfigError, PruningError
 from autoprune.plan import PrunePlan
 from autoprune.prune.channels import ChannelPruner, PrunableGroup
-from autoprune.prune.saliency import CHANNEL_ONLY, GradientStats, collect_gradients, needs_gradients, weight_scores
+from autoprune.prune.criteria import check_for_masks
+from autoprune.prune.saliency import GradientStats, collect_gradients, needs_gradients, weight_scores
 from autoprune.prune.sparsity import _drop_smallest, block_mask, nm_mask, tiles, unstructured_mask
 from autoprune.prune.transformer import TransformerPruner, is_transformer
 
@@ -144,10 +145,7 @@ class PruningEngine:
                 log.warning("plan repaired to the nearest one that can be built: group %s %s", name, note)
         result = PruneResult(MaskSet(), removed, repaired=repaired)
         if mask.patterns:
-            if plan.importance in CHANNEL_ONLY:
-                raise ConfigError(f"importance '{plan.importance}' scores whole channels and cannot rank single "
-                                  f"weights for pattern(s) {sorted(mask.patterns)}: use l1, l2, taylor, hessian, "
-                                  "movement or random")
+            check_for_masks([plan.importance], mask.patterns)
             if gradient and (stats is None or any(removed.values())):  # narrowed layers: fresh gradients
                 stats = self.gradients(model)
             self._masks(model, mask, stats, result)
