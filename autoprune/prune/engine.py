@@ -30,7 +30,7 @@ from autoprune.plan import PrunePlan
 from autoprune.prune.channels import ChannelPruner, PrunableGroup
 from autoprune.prune.criteria import check_for_masks
 from autoprune.prune.saliency import GradientStats, collect_gradients, needs_gradients, weight_scores
-from autoprune.prune.sparsity import _drop_smallest, block_mask, nm_mask, tiles, unstructured_mask
+from autoprune.prune.sparsity import block_mask, global_unstructured_masks, nm_mask, tiles, unstructured_mask
 from autoprune.prune.transformer import TransformerPruner, is_transformer
 
 log = logging.getLogger("autoprune")
@@ -189,10 +189,10 @@ class PruningEngine:
                         else block_mask(weight, g.ratio, g.block, scores=scores))
                 result.masks.set(layer_name, layer, keep)
         if pooled:
-            flat = torch.cat([s.reshape(-1).float() for _, _, s, _ in pooled])
-            keep = _drop_smallest(flat, sum(k for *_, k in pooled))
-            for (layer_name, layer, scores, _), part in zip(pooled, keep.split([s.numel() for _, _, s, _ in pooled])):
-                result.masks.set(layer_name, layer, part.view(scores.shape))
+            keeps = global_unstructured_masks([layer.weight for _, layer, _, _ in pooled],
+                                              scores=[s for _, _, s, _ in pooled], drop=sum(k for *_, k in pooled))
+            for (layer_name, layer, _, _), keep in zip(pooled, keeps):
+                result.masks.set(layer_name, layer, keep)
 
 
 __all__ = ["MaskSet", "PruneResult", "PruningEngine", "SCOPES", "StructuralPruner", "make_pruner"]
