@@ -41,6 +41,7 @@ from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fus
 from autoprune.prune.importance import make_importance
 from autoprune.prune.criteria import CHANNEL_ONLY
 from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scores
+from autoprune.weights import shapes
 
 log = logging.getLogger("autoprune")
 
@@ -172,7 +173,7 @@ class ChannelPruner:
         """The dependency graph, groups and excluded groups of `model`, traced once per structure: a model
         is traced again only when a module or a parameter/buffer shape changed (pruning it does)."""
         structure = (tuple(map(id, model.modules())),
-                     tuple((name, tuple(t.shape)) for name, t in model.state_dict().items()))
+                     tuple(shapes(model.state_dict()).items()))
         cached = self._traces.get(model)
         if cached is not None and cached[0] == structure:
             graph, groups, excluded = cached[1]
