@@ -153,8 +153,8 @@ class SearchLoop:
         trial.set_user_attr("plan", plan.to_dict())
         workdir = self.output_dir / "trials" / f"{trial.number:04d}"
         outcome: Optional[TrialOutcome] = None
-        self._notify("on_trial_start", trial)
         try:
+            self._notify("on_trial_start", trial)
             outcome = self._evaluate_and_tell(trial, plan, workdir, position, started)
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM: failed, records closed, retried like a killed trial (a second signal waits
