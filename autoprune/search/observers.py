@@ -1,8 +1,8 @@
 """What a search does around its loop, as observers (autoprune.search.loop.Observer):
 
-    MlflowObserver     one nested MLflow run per trial (params, metrics, artifacts, state), the parent
-                       run's progress metrics, runs of lost trials closed KILLED, MLflow reconciled with
-                       Optuna (start and end)
+    MlflowObserver     one nested MLflow run per trial (params, metrics, artifacts, state), runs of lost
+                       trials closed KILLED, MLflow reconciled with Optuna (start and end)
+    MlflowProgressObserver  the parent run's hypervolume and completed-trial count after each trial
     ProgressObserver   the per-trial log line: result, front size, hypervolume, elapsed, ETA
     HeartbeatObserver  a heartbeat for the running trial (search.heartbeat_s), so other workers can find
                        it stale if this worker dies
@@ -73,10 +73,8 @@ class MlflowObserver(BaseObserver):
     """The MLflow side of a search: trial runs nested in the parent run, which it does not open or close
     (Search does, around the baseline and the report)."""
 
-    def __init__(self, tracker: Tracker, study_name: str, groups: list[PrunableGroup], output_dir: Path,
-                 objectives: Objectives, baseline: Optional[dict] = None, max_drop: float = 0.5):
-        self.tracker, self.study_name, self.groups = tracker, study_name, groups
-        self.output_dir, self.objectives, self.baseline, self.max_drop = Path(output_dir), objectives, baseline, max_drop
+    def __init__(self, tracker: Tracker, study_name: str, groups: list[PrunableGroup], output_dir: Path):
+        self.tracker, self.study_name, self.groups, self.output_dir = tracker, study_name, groups, Path(output_dir)
 
     # ------------------------------------------------------------------------------------ trials
     def trial_params(self, plan: PrunePlan) -> dict:
@@ -100,10 +98,6 @@ class MlflowObserver(BaseObserver):
         else:   # failed, interrupted, lost
             status = "FAILED" if outcome.state == FAILED else "KILLED"
             self.close_run(run_id, status, {STATE: "failed", FAIL_REASON: outcome.reason})
-        if outcome.state in (COMPLETE, PRUNED, FAILED) and self.baseline is not None and self.tracker.parent_id:
-            hv, completed = front_hypervolume(study, self.objectives, self.baseline, self.max_drop)
-            guarded("search progress", lambda: self.tracker.log(
-                self.tracker.parent_id, metrics={"hypervolume": hv, "completed_trials": completed}, step=trial.number))
 
     def _log_trial(self, run_id: str, outcome: TrialOutcome) -> bool:
         started, result, workdir = time.perf_counter(), outcome.result, outcome.workdir
@@ -147,6 +141,20 @@ class MlflowObserver(BaseObserver):
         if done:
             log.warning("MLflow reconciled with Optuna at the %s: trial run(s) %s repaired, %s created, %s flagged "
                         "autoprune.logging_error", when, done.repaired, done.created, done.flagged)
+
+
+class MlflowProgressObserver(BaseObserver):
+    """The parent run's progress metrics after each trial this process ran: hypervolume, completed trials."""
+
+    def __init__(self, tracker: Tracker, objectives: Objectives, baseline: dict, max_drop: float):
+        self.tracker, self.objectives, self.baseline, self.max_drop = tracker, objectives, baseline, max_drop
+
+    def on_trial_end(self, study: optuna.Study, trial: optuna.trial.BaseTrial, outcome: TrialOutcome) -> None:
+        parent = self.tracker.parent_id
+        if outcome.state in (COMPLETE, PRUNED, FAILED) and parent:
+            hv, completed = front_hypervolume(study, self.objectives, self.baseline, self.max_drop)
+            guarded("search progress", lambda: self.tracker.log(
+                parent, metrics={"hypervolume": hv, "completed_trials": completed}, step=trial.number))
 
 
 class ProgressObserver(BaseObserver):
@@ -251,5 +259,5 @@ class ReportObserver(BaseObserver):
                 self.tracker.log_models(run_id, onnx_file, model)
 
 
-__all__ = ["HeartbeatObserver", "MlflowObserver", "ProgressObserver", "ReportObserver", "front_hypervolume",
+__all__ = ["HeartbeatObserver", "MlflowObserver", "MlflowProgressObserver", "ProgressObserver", "ReportObserver", "front_hypervolume",
            "guarded"]

@@ -28,7 +28,8 @@ from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerprint, study_fingerprint
 from autoprune.search.loop import Budget, Observer, SearchLoop, TrialOutcome
 from autoprune.search.objectives import Objectives
-from autoprune.search.observers import HeartbeatObserver, MlflowObserver, ProgressObserver, ReportObserver, guarded
+from autoprune.search.observers import (HeartbeatObserver, MlflowObserver, MlflowProgressObserver, ProgressObserver,
+                                          ReportObserver, guarded)
 from autoprune.search.searchers import SearcherSettings, check_backend, make_sampler, searcher_class
 from autoprune.search.study import open_storage, open_study
 from autoprune.search.workers import Heartbeat, StaleTrialHandler, fail_orphaned_trials, shared_lock
@@ -95,8 +96,7 @@ class Search:
         self.budget = Budget(int(cfg.search.n_trials), cfg.search.storage,
                              str(cfg.search.run_name) if cfg.search.run_name else None)
         self.max_drop = float(cfg.search.hv_max_drop)
-        self.mlflow = MlflowObserver(self.tracker, self.study_name, self.ctx.groups, self.output_dir,
-                                     self.objectives, max_drop=self.max_drop)
+        self.mlflow = MlflowObserver(self.tracker, self.study_name, self.ctx.groups, self.output_dir)
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -129,11 +129,11 @@ class Search:
         status = "FAILED"
         try:
             baseline = self._measure_baseline()
-            self.mlflow.baseline = baseline
             report = ReportObserver(self.mlflow, ctx.evaluator, ctx.task.data, self.output_dir, split_sizes,
                                     self.max_drop)
             self._loop(baseline, [HeartbeatObserver(Heartbeat(self.storage, float(cfg.search.heartbeat_s or 0))),
                                   self.mlflow,
+                                  MlflowProgressObserver(self.tracker, self.objectives, baseline, self.max_drop),
                                   ProgressObserver(self.objectives, baseline, self.budget, self.max_drop),
                                   report]).run()
             assert report.report is not None
