@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -15,35 +14,27 @@ from torch.utils.data import Dataset
 from autoprune.errors import ConfigError
 from autoprune.recover.finetune import train
 from autoprune.tasks import Task
+from autoprune.weights import NotAStateDict, UnreadableWeights, WeightsMismatch, load_into, load_weights, save_weights
 
 log = logging.getLogger(__name__)
 
 
 def _load_state(model: nn.Module, path: Path) -> None:
+    """A checkpoint or cached baseline into `model`, weights-only (autoprune.weights), with messages that
+    name task.checkpoint / task.model."""
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path} (fix task.checkpoint or remove it to train a baseline)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(exc).__name__}): "
+        load_into(model, load_weights(path), f"checkpoint {path}")
+    except UnreadableWeights as exc:
+        raise ConfigError(f"checkpoint {path} cannot be read ({exc.cause}): "
                           "save it with torch.save(model.state_dict(), path)") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ConfigError(f"checkpoint {path} holds no state_dict: save it with torch.save(model.state_dict(), path)")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {path} does not fit task.model ({_mismatch(exc)}): use a checkpoint "
+    except NotAStateDict:
+        raise ConfigError(f"checkpoint {path} holds no state_dict: save it with torch.save(model.state_dict(), path)"
+                          ) from None
+    except WeightsMismatch as exc:
+        raise ConfigError(f"checkpoint {path} does not fit task.model ({exc.detail}): use a checkpoint "
                           "of this architecture, or set task.model to the one it was saved from") from None
-
-
-def _mismatch(exc: RuntimeError) -> str:
-    """The first concrete problem of a load_state_dict error (its first line only names the model class)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-    more = len(lines) - 2
-    return (detail[:300].rstrip(".") + ("..." if len(detail) > 300 else "")) + (f" and {more} more" if more > 0 else "")
 
 
 def cached_path(task: Task, cache_dir: Path) -> Path:
@@ -72,10 +63,7 @@ def load_baseline(task: Task, cache_dir: Path) -> tuple[nn.Module, str]:
              task.train.epochs, len(task.data.train), cached)
     train(model, task.data.train, task.train,
           on_epoch=lambda e, _: log.info("baseline epoch %d/%d", e + 1, task.train.epochs))
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # workers may train the same baseline at once
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(cached)  # atomic: a crash never leaves a half-written cache entry
+    save_weights(model, cached)  # atomic: a crash (or a worker training the same baseline) never leaves half a file
     return model.eval(), f"trained, cached in {cached}"
 
 

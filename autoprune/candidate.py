@@ -17,11 +17,11 @@ from autoprune.config import PruneConfig
 from autoprune.hw import HardwareProfile, LatencyBackend, LatencyStats, export_model
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner
-from autoprune.prune.engine import MaskSet, PruningEngine, StructuralPruner
-from autoprune.prune.saliency import GradientStats, needs_gradients
+from autoprune.prune.engine import PruningEngine, StructuralPruner
+from autoprune.prune.saliency import needs_gradients
 from autoprune.prune.schedule import ScheduleConfig
 from autoprune.prune.sparsity import model_encoding
-from autoprune.recover import RecoverConfig, TrainConfig, evaluate, finetune, make_penalty
+from autoprune.recover import RecoverConfig, evaluate, finetune, make_penalty
 from autoprune.errors import PruningError
 from autoprune.schema import build
 from autoprune.weights import load_into, load_weights, shapes
@@ -63,32 +63,26 @@ class TrialResult:
 
 @dataclass
 class CandidateEvaluator:
-    """Holds what every trial shares (baseline, data, pruner, recovery, schedule, profile, backend).
+    """Holds what every trial shares (baseline, data, pruning engine, recovery, schedule, profile, backend).
 
-    `pruner` may be a structural pruner (ChannelPruner / TransformerPruner) or a PruningEngine; either way
-    `self.pruner` ends up the structural pruner and `self.engine` the engine. `recover` may be a
-    TrainConfig (plain fine-tuning) or a RecoverConfig (with distillation and the regulariser phase)."""
+    The engine is used as given (never changed): its `data` (the training split) feeds the gradient
+    criteria's calibration, so an engine for those criteria is built with it (build_evaluator does)."""
 
     baseline: nn.Module
     data: DataSplits
-    pruner: Union[StructuralPruner, PruningEngine]
-    recover: Union[RecoverConfig, TrainConfig]
+    engine: PruningEngine
+    recover: RecoverConfig
     profile: HardwareProfile
     backend: LatencyBackend
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
-        self.recover = RecoverConfig.coerce(self.recover)
-        if isinstance(self.pruner, PruningEngine):
-            self.engine = self.pruner
-            self.pruner = self.engine.structural
-        else:
-            self.engine = PruningEngine(self.pruner, self.data.train, batch_size=self.recover.train.batch_size,
-                                        seed=self.recover.seed)
-        if self.engine.data is None:
-            self.engine.data = self.data.train
         self._start: Optional[nn.Module] = None
         self._widths: Optional[dict[str, int]] = None
+
+    @property
+    def pruner(self) -> StructuralPruner:
+        return self.engine.structural
 
     @property
     def example_input(self) -> torch.Tensor:
@@ -120,14 +114,22 @@ class CandidateEvaluator:
             self._widths = {g.name: g.channels for g in self.engine.groups(self.start_model())}
         return self._widths
 
+    def total_steps(self) -> int:
+        """Optimizer steps of one fine-tuning run (what a schedule's prune points refer to)."""
+        train_cfg = self.recover.train
+        return train_cfg.epochs * -(-len(self.data.train) // train_cfg.batch_size)
+
+    def finetune(self, model: nn.Module, **kwargs) -> None:
+        """Fine-tune on the training split with recover.train (and the teacher, with recover.kd)."""
+        finetune(model, self.data.train, self.recover.train, **kwargs, **self._recover_kwargs())
+
     def rebuild(self, plan: PrunePlan, weights: Union[Path, Mapping[str, torch.Tensor]]) -> nn.Module:
         """A logged candidate's model without unpickling anything: a copy of the baseline pruned to the
         plan's architecture (kept widths depend on the ratios, not on which channels go), then the logged
         state_dict loaded weights-only and strictly (WeightsError when it does not fit)."""
         state = load_weights(weights) if isinstance(weights, (str, Path)) else weights
         model = copy.deepcopy(self.baseline)
-        skeleton = dataclasses.replace(plan, importance="l2") if needs_gradients(plan.importance) else plan
-        self.engine.apply(model, skeleton)
+        self.engine.apply(model, _skeleton(plan))
         return load_into(model, state, f"the weights of plan {plan.to_json()[:200]}").eval()
 
     def _recover_kwargs(self) -> dict:
@@ -159,40 +161,29 @@ class CandidateEvaluator:
 
         workdir = Path(workdir)
         start = self.start_model()
+        schedule = self.schedule.schedule
         torch.manual_seed(self.recover.seed)
-        kind = self.schedule.kind
-        if kind == "oneshot":
-            model = copy.deepcopy(start)
-            pruned = self.engine.apply(model, plan)
-            repaired = pruned.repaired
-            masks, skipped, final_shapes = pruned.masks, pruned.skipped, None
-            lap("prune")
-            latency = self.backend.measure(export_model(model, self.example_input, workdir), self.profile)
-            lap("measure")
-        else:
-            twin = copy.deepcopy(start)
-            twin_plan = dataclasses.replace(plan, importance="l2") if needs_gradients(plan.importance) else plan
-            repaired = self.engine.apply(twin, twin_plan).repaired
-            final_shapes = shapes(twin.state_dict())
-            lap("prune")
-            latency = self.backend.measure(export_model(twin, self.example_input, workdir), self.profile)
-            del twin
-            lap("measure")
-            torch.manual_seed(self.recover.seed)
+        # the model whose architecture is timed: the candidate itself (one-shot) or its one-shot twin
+        measured = copy.deepcopy(start)
+        pruned = self.engine.apply(measured, plan if schedule.prunes_up_front else _skeleton(plan))
+        final_shapes = None if schedule.prunes_up_front else shapes(measured.state_dict())
+        lap("prune")
+        latency = self.backend.measure(export_model(measured, self.example_input, workdir), self.profile)
+        lap("measure")
         on_epoch = None
         if monitor is not None:
             on_epoch = lambda epoch, m: monitor(epoch, evaluate(m, self.data.val), latency.median_ms)  # noqa: E731
-        if kind == "oneshot":
-            finetune(model, self.data.train, self.recover.train, masks=masks, on_epoch=on_epoch,
-                     **self._recover_kwargs())
-        elif kind in ("iterative", "agp"):
-            model, masks, skipped = self._gradual(start, plan, on_epoch)
+        if schedule.prunes_up_front:
+            model, masks, skipped = measured, pruned.masks, pruned.skipped
+            self.finetune(model, masks=masks, on_epoch=on_epoch)
         else:
-            model, masks, skipped = self._lottery(start, plan, on_epoch)
+            del measured
+            torch.manual_seed(self.recover.seed)
+            model, masks, skipped = schedule.recover(self, start, plan, on_epoch)
         lap("finetune")
         if final_shapes is not None and shapes(model.state_dict()) != final_shapes:
             raise PruningError("the recovered model's architecture differs from the one measured before fine-tuning "
-                               f"(schedule {kind}): please report this plan: {plan.to_json()}")
+                               f"(schedule {schedule.name}): please report this plan: {plan.to_json()}")
         val_accuracy = evaluate(model, self.data.val)
         macs, params = tp.utils.count_ops_and_params(model, self.example_input)
         encoding = model_encoding(model)
@@ -201,69 +192,12 @@ class CandidateEvaluator:
         lap("export")
         return TrialResult(plan, val_accuracy, latency, int(macs), int(params), exported.onnx_path.stat().st_size,
                            exported.onnx_path, exported.weights_path, seconds, encoding.weight_sparsity,
-                           encoding.sparse, encoding.dense, dict(skipped), dict(repaired))
+                           encoding.sparse, encoding.dense, dict(skipped), dict(pruned.repaired))
 
-    # ------------------------------------------------------------------------------ schedules
-    def _gradual(self, start: nn.Module, plan: PrunePlan, on_epoch) -> tuple[nn.Module, MaskSet, dict]:
-        """iterative / agp: prune events during fine-tuning (channels physically, masks recomputed)."""
-        model = copy.deepcopy(start)
-        train_cfg = self.recover.train
-        total = train_cfg.epochs * -(-len(self.data.train) // train_cfg.batch_size)
-        widths = self.widths()
-        masks, skipped = MaskSet(), {}
-        stats = GradientStats() if needs_gradients(plan.importance) else None
 
-        def event(fraction: float):
-            def fn(m: nn.Module) -> bool:
-                use = stats if stats is not None and len(stats) else None  # none yet: calibration batches
-                result = self.engine.apply(m, plan.scaled(fraction), stats=use, reference=widths)
-                masks.masks = result.masks.masks
-                skipped.update(result.skipped)
-                if stats is not None:
-                    stats.reset()
-                return any(result.removed.values())
-            return fn
-
-        events = [(step, event(fraction)) for step, fraction in self.schedule.points(total)]
-        finetune(model, self.data.train, train_cfg, masks=masks, on_epoch=on_epoch, events=events,
-                 grad_hook=stats.accumulate if stats is not None else None, **self._recover_kwargs())
-        return model, masks, skipped
-
-    def _lottery(self, start: nn.Module, plan: PrunePlan, on_epoch) -> tuple[nn.Module, MaskSet, dict]:
-        """lth: train → prune → rewind survivors to the early checkpoint → (repeat) → retrain."""
-        sched, train_cfg = self.schedule, self.recover.train
-        epochs = train_cfg.epochs if sched.train_epochs is None else sched.train_epochs
-        widths = self.widths()
-        stats = GradientStats() if needs_gradients(plan.importance) else None
-        hook = stats.accumulate if stats is not None else None
-        model = copy.deepcopy(start)
-        rewind = copy.deepcopy(start) if sched.rewind_epoch == 0 else None
-
-        def keep_checkpoint(epoch: int, m: nn.Module) -> None:
-            nonlocal rewind
-            if epoch + 1 == sched.rewind_epoch:
-                rewind = copy.deepcopy(m)
-
-        finetune(model, self.data.train, train_cfg, epochs=epochs, grad_hook=hook,
-                 on_epoch=keep_checkpoint if rewind is None else None, **self._recover_kwargs())
-        if rewind is None:  # rewind_epoch past the training run: the trained weights themselves
-            rewind = copy.deepcopy(model)
-        masks, skipped = MaskSet(), {}
-        for r in range(1, sched.rounds + 1):
-            result = self.engine.apply(model, plan.scaled(r / sched.rounds),
-                                       stats=stats if stats is not None and len(stats) else None, reference=widths)
-            skipped.update(result.skipped)
-            self.pruner.apply_indices(rewind, result.removed)      # same channels go from the checkpoint
-            model = copy.deepcopy(rewind)
-            masks = result.masks.rebind(model)                       # same zeros on the rewound weights
-            masks.apply()
-            if stats is not None:
-                stats.reset()
-            if r < sched.rounds:
-                finetune(model, self.data.train, train_cfg, epochs=epochs, masks=masks, grad_hook=hook,
-                         **self._recover_kwargs())
-        finetune(model, self.data.train, train_cfg, masks=masks, on_epoch=on_epoch, **self._recover_kwargs())
-        return model, masks, skipped
+def _skeleton(plan: PrunePlan) -> PrunePlan:
+    """A plan with the same architecture that needs no gradients (kept widths depend on the ratios only)."""
+    return dataclasses.replace(plan, importance="l2") if needs_gradients(plan.importance) else plan
 
 
 def build_evaluator(prune: Any, recover: Any, baseline: nn.Module, data: DataSplits,

@@ -14,7 +14,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -62,12 +62,23 @@ class SearchContext:
         return f"{self.task.name}-{self.profile.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
-def build_context(cfg: AppConfig, before_baseline: Optional[Callable[[], None]] = None) -> SearchContext:
-    """Build everything a search shares. When the baseline is to be trained (no checkpoint, nothing
-    cached), the untrained model goes through the same checks first, so a bad model, importance or
-    search space fails in seconds instead of after training. `before_baseline` runs once those checks
-    passed, before the baseline is loaded or trained (a search opens its storage and tracker there).
-    A composed DictConfig is checked and typed first (AppConfig.of)."""
+@dataclass(frozen=True)
+class CheckedInputs:
+    """Step one of building a context: profile, backend and task, with the model (when the baseline is
+    still to be trained: the untrained one) already through the checks and the pre-flight."""
+
+    cfg: AppConfig
+    profile: HardwareProfile
+    backend: Measurer
+    task: Task
+    trains: bool
+    preflight: Optional[PreflightReport]
+
+
+def check_inputs(cfg: AppConfig) -> CheckedInputs:
+    """Everything cheap, checked: when the baseline is to be trained (no checkpoint, nothing cached), the
+    untrained model goes through the same checks first, so a bad model, importance or search space fails
+    in seconds instead of after training. A composed DictConfig is checked and typed first (AppConfig.of)."""
     cfg = AppConfig.of(cfg)
     profile = load_profile(cfg.hw)
     backend = get_backend(profile, cache_dir=Path(cfg.cache_dir))
@@ -76,12 +87,21 @@ def build_context(cfg: AppConfig, before_baseline: Optional[Callable[[], None]] 
     preflight = None
     if trains:
         *_, preflight = _assemble(cfg, profile, backend, task, task.make_model().eval(), check_export=True)
-    if before_baseline is not None:
-        before_baseline()
+    return CheckedInputs(cfg, profile, backend, task, trains, preflight)
+
+
+def finish_context(inputs: CheckedInputs) -> SearchContext:
+    """Step two: load (or train) the baseline and assemble groups, space and evaluator around it."""
+    cfg, profile, backend, task = inputs.cfg, inputs.profile, inputs.backend, inputs.task
     baseline, origin = load_baseline(task, Path(cfg.cache_dir))
-    groups, space, evaluator, checked = _assemble(cfg, profile, backend, task, baseline, check_export=not trains,
-                                                  preflight=preflight)
+    groups, space, evaluator, checked = _assemble(cfg, profile, backend, task, baseline,
+                                                  check_export=not inputs.trains, preflight=inputs.preflight)
     return SearchContext(cfg, profile, backend, task, baseline, origin, groups, space, evaluator, checked)
+
+
+def build_context(cfg: AppConfig) -> SearchContext:
+    """Build everything a search shares (a search opens its storage and tracker between the two steps)."""
+    return finish_context(check_inputs(cfg))
 
 
 def _assemble(cfg: AppConfig, profile: HardwareProfile, backend: Measurer, task: Task, model: nn.Module,

@@ -18,6 +18,27 @@ import torch.nn as nn
 from autoprune.errors import WeightsError, first_line
 
 
+class UnreadableWeights(WeightsError):
+    """The file is not a weights-only torch file (corrupt, or a pickle of something else); `cause` names
+    the loader's error type."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
+
+
+class NotAStateDict(WeightsError):
+    """The file loads but holds no mapping of names to tensors."""
+
+
+class WeightsMismatch(WeightsError):
+    """The state_dict does not fit the model; `detail` is the first concrete problem."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
 def save_weights(model: nn.Module, path: Path) -> Path:
     """Write `model.state_dict()` to `path` atomically (a crash never leaves half a file)."""
     path = Path(path)
@@ -33,14 +54,14 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{Path(path).name} is not a weights-only state_dict ({type(exc).__name__}: "
-                           f"{first_line(exc)[:200]}): autoprune only reads files of torch.save(model.state_dict())"
-                           ) from None
+        raise UnreadableWeights(f"{Path(path).name} is not a weights-only state_dict ({type(exc).__name__}: "
+                           f"{first_line(exc)[:200]}): autoprune only reads files of torch.save(model.state_dict())",
+                                type(exc).__name__) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                   for k, v in state.items()):
-        raise WeightsError(f"{Path(path).name} holds no state_dict (a mapping of names to tensors): "
+        raise NotAStateDict(f"{Path(path).name} holds no state_dict (a mapping of names to tensors): "
                            "save it with torch.save(model.state_dict(), path)")
     return dict(state)
 
@@ -50,10 +71,17 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) ->
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = (lines[1] if len(lines) > 1 else first_line(exc))[:300]
-        raise WeightsError(f"{what} does not fit the model's architecture ({detail})") from None
+        detail = mismatch(exc)
+        raise WeightsMismatch(f"{what} does not fit the model's architecture ({detail})", detail) from None
     return model
+
+
+def mismatch(exc: RuntimeError) -> str:
+    """The first concrete problem of a load_state_dict error (its first line only names the model class)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+    more = len(lines) - 2
+    return (detail[:300].rstrip(".") + ("..." if len(detail) > 300 else "")) + (f" and {more} more" if more > 0 else "")
 
 
 def shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

@@ -17,12 +17,12 @@ from onnx import numpy_helper
 
 from autoprune.errors import MeasurementError
 from autoprune.hw import ExportedModel, export_model, get_backend, load_profile
-from autoprune.hw.backend import runtime_backend
+from autoprune.hw.backend import RUNTIME_BACKENDS, runtime_backend, runtime_class
 from autoprune.hw.inputs import input_specs
 from autoprune.hw.lock import measurement_lock
 from autoprune.hw.onnx_transforms import prune_2_4, sparsify_2_4, to_fp16
 from autoprune.hw.onnxruntime_backend import layer_of, parse_profile
-from autoprune.hw.profile import HardwareProfile
+from autoprune.hw.profile import RUNTIMES, HardwareProfile
 from autoprune.hw.stats import LatencyStats
 from autoprune.hw.tensorrt_backend import INSTALL_HINT, PrecisionPlan, precision_plan
 from autoprune.hw.timing import repeat_until_stable
@@ -82,6 +82,22 @@ def test_backend_contract(backend_name, models):
             assert fp.get(key) not in (None, ""), key
         assert fp["runtime"] == profile.runtime and fp["precision"] == profile.precision
     assert large.median_ms > small.median_ms  # sanity only: ~60x the compute
+
+
+@pytest.mark.parametrize("runtime", list(RUNTIME_BACKENDS))
+def test_every_registered_runtime_declares_itself_and_says_whether_it_is_ready(runtime):
+    """The registry is the one place runtimes are listed: each class names its runtime, builds itself and
+    checks readiness; one that cannot measure here says so with a MeasurementError (never another error)."""
+    assert set(RUNTIME_BACKENDS) == set(RUNTIMES)
+    cls = runtime_class(runtime)
+    assert cls.runtime == runtime
+    profile = fast_profile(runtime=runtime, **({"device": "cuda"} if runtime == "tensorrt" else {}))
+    if runtime == "tensorrt" and not (HAS_TRT and HAS_CUDA_TORCH):
+        with pytest.raises(MeasurementError):
+            cls.check_ready(profile)
+        return
+    cls.check_ready(profile)
+    assert isinstance(cls.create(None), cls) and isinstance(runtime_backend(profile), cls)
 
 
 def test_stats_survive_a_json_round_trip(models):

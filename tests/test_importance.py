@@ -111,3 +111,16 @@ def test_collect_gradients_leaves_the_model_as_it_was():
     assert set(stats.count.values()) == {2} and "stem.0.weight" in stats.sum
     with pytest.raises(ConfigError, match="calibration_batches"):
         collect_gradients(model, _data(32), n_batches=0)
+
+
+def test_every_criterion_is_declared_once_with_what_it_needs_and_ranks():
+    from autoprune.prune.criteria import CRITERIA, check_for_heads, check_for_masks
+
+    assert set(CRITERIA) == set(IMPORTANCES)
+    assert {n for n, c in CRITERIA.items() if c.needs_gradients} == {"taylor", "hessian", "movement"}
+    check_for_masks(["l2", "taylor"], ["unstructured"])          # weight criteria rank single weights
+    check_for_masks(["fpgm"], [])                                # channel pattern only: fine
+    with pytest.raises(ConfigError, match=r"\['fpgm'\] scores whole channels .*\['nm'\]"):
+        check_for_masks(["l2", "fpgm"], ["nm"])
+    with pytest.raises(ConfigError, match=r"\['bn_scale'\] does not apply to attention heads"):
+        check_for_heads(["bn_scale"])

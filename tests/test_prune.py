@@ -74,3 +74,20 @@ def test_unknown_importance_is_rejected(model, example):
 def test_unknown_ignored_layer_is_rejected(model, example):
     with pytest.raises(PruningError, match="prune.ignore"):
         ChannelPruner(example, ["not_a_layer"]).groups(model)
+
+
+def test_a_model_is_traced_again_only_when_its_structure_changed(example):
+    torch.manual_seed(0)
+    model = resnet_small(widths=(8, 8, 8)).eval()
+    pruner = ChannelPruner(example, output_layers(model, example))
+    traces = []
+    trace = pruner._trace
+    pruner._trace = lambda m: traces.append(m) or trace(m)
+    first = pruner.groups(model)
+    assert pruner.groups(model) == first and len(traces) == 1           # unchanged: the trace is reused
+    pruner.apply(model, PrunePlan({first[0].name: GroupPlan(0.5)}, "l2"))
+    assert len(traces) == 1                                             # applied on that same trace
+    after = pruner.groups(model)
+    assert len(traces) == 2 and after[0].channels < first[0].channels  # pruned: traced afresh
+    fresh = ChannelPruner(example, output_layers(model, example)).groups(model)
+    assert [(g.name, g.channels, g.max_ratio) for g in after] == [(g.name, g.channels, g.max_ratio) for g in fresh]

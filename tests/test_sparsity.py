@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 from autoprune.errors import ConfigError
-from autoprune.prune.sparsity import (apply_mask_, block_mask, global_unstructured_masks, nm_mask,
-                                      sparse_encoding_bytes, sparsify_, sparsity, unstructured_mask)
+from autoprune.prune.sparsity import (block_mask, global_unstructured_masks, nm_mask, sparse_encoding_bytes,
+                                      unstructured_mask)
+from autoprune.prune.threshold import prune_below_threshold_
 
 
 @pytest.fixture
@@ -22,14 +22,11 @@ def test_unstructured_by_amount_and_by_threshold(weight):
     assert keep.shape == weight.shape and keep.dtype == torch.bool
     assert int((~keep).sum()) == round(0.3 * weight.numel())
     assert weight[~keep].abs().max() <= weight[keep].abs().min()  # the smallest magnitudes went
-    keep_t = unstructured_mask(weight, threshold=0.5)
-    assert torch.equal(keep_t, weight.abs() >= 0.5)
-    w = weight.clone()
-    ptr = w.data_ptr()
-    assert apply_mask_(w, keep) == round(0.3 * weight.numel())
-    assert w.data_ptr() == ptr and torch.equal(w[keep], weight[keep]) and (w[~keep] == 0).all()
-    with pytest.raises(ConfigError, match="exactly one"):
-        unstructured_mask(weight, 0.3, threshold=0.5)
+    w = weight.clone()                      # by threshold: the one in-place primitive
+    prune_below_threshold_(w, 0.5)
+    assert torch.equal(w != 0, weight.abs() >= 0.5)
+    with pytest.raises(TypeError):
+        unstructured_mask(weight, 0.3, threshold=0.5)   # no second threshold implementation
     with pytest.raises(ConfigError, match="outside"):
         unstructured_mask(weight, 1.5)
 
@@ -75,30 +72,10 @@ def test_global_and_layer_wise_differ_on_layers_of_different_scale():
     assert (~keep_small).all() and keep_large.all()  # one percentile: the small-scale layer goes first
     layer_wise = [unstructured_mask(w, 0.5) for w in (small, large)]
     assert [int((~k).sum()) for k in layer_wise] == [256, 256]
-
-
-def test_sparsify_a_model_per_pattern():
-    def model():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1),
-                             nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
-
-    result = sparsify_(model(), "n:m", ignore=["5"])
-    assert result == {"3": 0.5}  # the 3-channel stem and the depthwise conv do not tile 2:4; "5" is ignored
-    m = model()
-    assert set(sparsify_(m, "unstructured", amount=0.25)) == {"0", "2", "3", "5"}
-    assert all(sparsity(mod.weight) == pytest.approx(0.25, abs=0.02) for mod in (m[0], m[2], m[3], m[5]))
-    m = model()
-    total = sum(mod.weight.numel() for mod in (m[0], m[2], m[3], m[5]))
-    sparsify_(m, "global", amount=0.5)
-    assert sum(int((mod.weight == 0).sum()) for mod in (m[0], m[2], m[3], m[5])) == round(0.5 * total)
-    m = model()
-    assert sparsify_(m, "block", amount=0.5, block=(2, 4)) == {"3": 0.5, "5": 0.5}  # [8, 27] and [8, 9] do not tile
-    assert sparsify_(model(), "block", amount=0.5, block=(4, 4)) == {"3": 0.5}     # 10 classifier rows: not by 4
-    with pytest.raises(ConfigError, match="choose one of"):
-        sparsify_(m, "magic")
-    with pytest.raises(ConfigError, match="not in the model"):
-        sparsify_(m, "n:m", ignore=["classifier"])
+    by_count = global_unstructured_masks([small, large], scores=[large.abs(), small.abs()], drop=100)
+    assert int((~by_count[1]).sum()) == 100 and by_count[0].all()   # scores rank, not |w|
+    with pytest.raises(ConfigError, match="exactly one"):
+        global_unstructured_masks([small], 0.5, drop=3)
 
 
 def test_sparse_encoding_bytes_of_a_known_tensor():

@@ -3,8 +3,11 @@ remote agent when the profile has an agent_url — behind the (model, profile) r
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import ClassVar, Optional, Protocol
+
+from autoprune.errors import ConfigError
 
 from autoprune.hw.cache import LatencyCache
 from autoprune.hw.export import ModelFiles, as_exported
@@ -16,16 +19,40 @@ class LatencyBackend(Protocol):
     def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats: ...
 
 
+class RuntimeBackend(LatencyBackend, Protocol):
+    """A backend that measures on this machine with one runtime: `runtime` names it (profile.runtime),
+    `create` builds it, `check_ready` raises MeasurementError when it cannot measure `profile` from here."""
+
+    runtime: ClassVar[str]
+
+    @classmethod
+    def create(cls, cache_dir: Optional[Path] = None) -> "RuntimeBackend": ...
+
+    @staticmethod
+    def check_ready(profile: HardwareProfile) -> None: ...
+
+
+# profile.runtime -> "module:class", imported on first use (a missing TensorRT fails only when asked for)
+RUNTIME_BACKENDS = {
+    "onnxruntime": "autoprune.hw.onnxruntime_backend:OnnxRuntimeBackend",
+    "torch": "autoprune.hw.torch_backend:TorchBackend",
+    "tensorrt": "autoprune.hw.tensorrt_backend:TensorRTBackend",
+}
+
+
+def runtime_class(runtime: str) -> type[RuntimeBackend]:
+    """The backend class registered for `runtime` (imports its module)."""
+    if runtime not in RUNTIME_BACKENDS:
+        raise ConfigError(f"unknown runtime '{runtime}': choose one of {list(RUNTIME_BACKENDS)}")
+    module, name = RUNTIME_BACKENDS[runtime].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert cls.runtime == runtime, f"{RUNTIME_BACKENDS[runtime]} declares runtime {cls.runtime}"
+    return cls
+
+
 def runtime_backend(profile: HardwareProfile, cache_dir: Optional[Path] = None) -> LatencyBackend:
     """The backend that measures on this machine with `profile.runtime` (imports it lazily)."""
-    if profile.runtime == "onnxruntime":
-        from autoprune.hw.onnxruntime_backend import OnnxRuntimeBackend
-        return OnnxRuntimeBackend()
-    if profile.runtime == "torch":
-        from autoprune.hw.torch_backend import TorchBackend
-        return TorchBackend()
-    from autoprune.hw.tensorrt_backend import TensorRTBackend
-    return TensorRTBackend(Path(cache_dir) / "tensorrt" if cache_dir else None)
+    return runtime_class(profile.runtime).create(cache_dir)
 
 
 def check_ready(profile: HardwareProfile) -> None:
@@ -37,15 +64,7 @@ def check_ready(profile: HardwareProfile) -> None:
         check_agent(profile)
         return
     profile.check_cores()
-    if profile.runtime == "onnxruntime":
-        from autoprune.hw.onnxruntime_backend import check_provider
-        check_provider(profile)
-    elif profile.runtime == "torch":
-        from autoprune.hw.torch_backend import check_device
-        check_device(profile)
-    else:
-        from autoprune.hw.tensorrt_backend import check_tensorrt
-        check_tensorrt()
+    runtime_class(profile.runtime).check_ready(profile)
 
 
 class Measurer:

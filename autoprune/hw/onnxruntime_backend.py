@@ -7,6 +7,7 @@ import logging
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 import onnx
 import onnxruntime as ort
@@ -135,6 +136,16 @@ def profile_layers(onnx_path: Path, profile: HardwareProfile, feed: dict) -> dic
 
 class OnnxRuntimeBackend:
     """LatencyBackend for ONNX Runtime: warm-up, then repeat until the median is tight or time is up."""
+
+    runtime = "onnxruntime"
+
+    @classmethod
+    def create(cls, cache_dir: Optional[Path] = None) -> "OnnxRuntimeBackend":
+        return cls()
+
+    @staticmethod
+    def check_ready(profile: HardwareProfile) -> None:
+        check_provider(profile)
 
     def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
         onnx_path = as_exported(model).onnx_path

@@ -102,8 +102,19 @@ def prepare_onnx(onnx_path: Path, profile: HardwareProfile, plan: PrecisionPlan)
 class TensorRTBackend:
     """LatencyBackend for TensorRT (see module docstring; untested without a GPU)."""
 
+    runtime = "tensorrt"
+
     def __init__(self, engine_dir: Optional[Path] = None):
         self.engine_dir = Path(engine_dir) if engine_dir else default_engine_dir()
+
+    @classmethod
+    def create(cls, cache_dir: Optional[Path] = None) -> "TensorRTBackend":
+        """Engines cached in `cache_dir/tensorrt/` (without: ~/.cache/autoprune/tensorrt)."""
+        return cls(Path(cache_dir) / "tensorrt" if cache_dir else None)
+
+    @staticmethod
+    def check_ready(profile: HardwareProfile) -> None:
+        check_tensorrt()
 
     def _build(self, trt, model_bytes: bytes, profile: HardwareProfile, plan: PrecisionPlan,
                specs, gpu: str) -> bytes:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -64,6 +65,16 @@ def check_device(profile: HardwareProfile) -> None:
 
 class TorchBackend:
     """LatencyBackend for torch eager mode; needs the module in memory (ExportedModel.module)."""
+
+    runtime = "torch"
+
+    @classmethod
+    def create(cls, cache_dir: Optional[Path] = None) -> "TorchBackend":
+        return cls()
+
+    @staticmethod
+    def check_ready(profile: HardwareProfile) -> None:
+        check_device(profile)
 
     def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
         exported = as_exported(model)

@@ -39,7 +39,9 @@ from autoprune.plan import GroupPlan, PrunePlan
 from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fused_attentions, head_scores,
                                        is_fused_attention, remove_heads)
 from autoprune.prune.importance import make_importance
-from autoprune.prune.saliency import CHANNEL_ONLY, GradientStats, needs_gradients, weight_scores
+from autoprune.prune.criteria import CHANNEL_ONLY
+from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scores
+from autoprune.weights import shapes
 
 log = logging.getLogger("autoprune")
 
@@ -163,9 +165,24 @@ class ChannelPruner:
         self.round_to = int(round_to)
         self.excluded: dict[str, str] = {}   # group -> why it is not prunable (last `groups` call)
         self.repaired: dict[str, str] = {}   # group -> how the last applied plan was repaired
+        # model -> (its structure when traced, the trace): a model traced again unchanged reuses its trace
+        self._traces: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------------------------ tracing
     def _graph(self, model: nn.Module):
+        """The dependency graph, groups and excluded groups of `model`, traced once per structure: a model
+        is traced again only when a module or a parameter/buffer shape changed (pruning it does)."""
+        structure = (tuple(map(id, model.modules())),
+                     tuple(shapes(model.state_dict()).items()))
+        cached = self._traces.get(model)
+        if cached is not None and cached[0] == structure:
+            graph, groups, excluded = cached[1]
+            return graph, list(groups), dict(excluded)
+        graph, groups, excluded = self._trace(model)
+        self._traces[model] = (structure, (graph, tuple(groups), dict(excluded)))
+        return graph, groups, excluded
+
+    def _trace(self, model: nn.Module):
         names = {module: name for name, module in model.named_modules()}
         missing = [name for name in self.ignored if name not in dict(model.named_modules())]
         if missing:
@@ -410,7 +427,7 @@ class ChannelPruner:
     def _scores(self, graph, model: nn.Module, g: _Group, importance, criterion: str,
                 stats: Optional[GradientStats]) -> torch.Tensor:
         if g.attention is not None:
-            crit = "l2" if criterion in CHANNEL_ONLY else criterion
+            crit = "l2" if criterion in CHANNEL_ONLY else criterion  # heads: single weights are scored
             return head_scores(g.attention, lambda name, w: weight_scores(crit, name, w, stats))
         channels = graph.get_out_channels(g.root)
         with torch.no_grad():

@@ -28,8 +28,9 @@ from torch.utils.data import Dataset
 from autoprune.errors import ConfigError, PruningError
 from autoprune.plan import PrunePlan
 from autoprune.prune.channels import ChannelPruner, PrunableGroup
-from autoprune.prune.saliency import CHANNEL_ONLY, GradientStats, collect_gradients, needs_gradients, weight_scores
-from autoprune.prune.sparsity import _drop_smallest, block_mask, nm_mask, tiles, unstructured_mask
+from autoprune.prune.criteria import check_for_masks
+from autoprune.prune.saliency import GradientStats, collect_gradients, needs_gradients, weight_scores
+from autoprune.prune.sparsity import block_mask, global_unstructured_masks, nm_mask, tiles, unstructured_mask
 from autoprune.prune.transformer import TransformerPruner, is_transformer
 
 log = logging.getLogger("autoprune")
@@ -144,10 +145,7 @@ class PruningEngine:
                 log.warning("plan repaired to the nearest one that can be built: group %s %s", name, note)
         result = PruneResult(MaskSet(), removed, repaired=repaired)
         if mask.patterns:
-            if plan.importance in CHANNEL_ONLY:
-                raise ConfigError(f"importance '{plan.importance}' scores whole channels and cannot rank single "
-                                  f"weights for pattern(s) {sorted(mask.patterns)}: use l1, l2, taylor, hessian, "
-                                  "movement or random")
+            check_for_masks([plan.importance], mask.patterns)
             if gradient and (stats is None or any(removed.values())):  # narrowed layers: fresh gradients
                 stats = self.gradients(model)
             self._masks(model, mask, stats, result)
@@ -191,10 +189,10 @@ class PruningEngine:
                         else block_mask(weight, g.ratio, g.block, scores=scores))
                 result.masks.set(layer_name, layer, keep)
         if pooled:
-            flat = torch.cat([s.reshape(-1).float() for _, _, s, _ in pooled])
-            keep = _drop_smallest(flat, sum(k for *_, k in pooled))
-            for (layer_name, layer, scores, _), part in zip(pooled, keep.split([s.numel() for _, _, s, _ in pooled])):
-                result.masks.set(layer_name, layer, part.view(scores.shape))
+            keeps = global_unstructured_masks([layer.weight for _, layer, _, _ in pooled],
+                                              scores=[s for _, _, s, _ in pooled], drop=sum(k for *_, k in pooled))
+            for (layer_name, layer, _, _), keep in zip(pooled, keeps):
+                result.masks.set(layer_name, layer, keep)
 
 
 __all__ = ["MaskSet", "PruneResult", "PruningEngine", "SCOPES", "StructuralPruner", "make_pruner"]

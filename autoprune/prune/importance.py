@@ -23,7 +23,8 @@ import torch_pruning as tp
 from torch_pruning.pruner import function
 
 from autoprune.errors import ConfigError
-from autoprune.prune.saliency import GRADIENT_CRITERIA, GradientStats, weight_scores
+from autoprune.prune.criteria import GRADIENT_CRITERIA
+from autoprune.prune.saliency import GradientStats, weight_scores
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     # Group L2 norm of all weights coupled to a channel (the default).

@@ -28,13 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from autoprune.errors import ConfigError
 
-WEIGHT_CRITERIA = ("l1", "l2", "taylor", "hessian", "movement", "random")  # score single weights
-CHANNEL_ONLY = ("bn_scale", "fpgm")                                           # score whole channels
-GRADIENT_CRITERIA = ("taylor", "hessian", "movement")
-
-
-def needs_gradients(criterion: str) -> bool:
-    return criterion in GRADIENT_CRITERIA
+from autoprune.prune.criteria import CHANNEL_ONLY, GRADIENT_CRITERIA, WEIGHT_CRITERIA, needs_gradients  # noqa: F401
 
 
 class GradientStats:

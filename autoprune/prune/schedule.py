@@ -25,9 +25,142 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+import copy
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
-SCHEDULES = ("oneshot", "iterative", "agp", "lth")
+import torch.nn as nn
+
+from autoprune.plan import PrunePlan
+from autoprune.prune.engine import MaskSet, PruneResult, PruningEngine
+from autoprune.prune.saliency import GradientStats, needs_gradients
+
+OnEpoch = Optional[Callable[[int, nn.Module], None]]
+Recovered = tuple[nn.Module, MaskSet, dict]   # the recovered model, its masks, layers a mask pattern skipped
+
+
+class RecoveryHost(Protocol):
+    """What a schedule recovers with (CandidateEvaluator): the engine, the unpruned widths, fine-tuning."""
+
+    engine: PruningEngine
+
+    def widths(self) -> dict[str, int]: ...
+
+    def total_steps(self) -> int: ...
+
+    def finetune(self, model: nn.Module, **kwargs) -> None: ...
+
+
+class Schedule:
+    """One pruning schedule (`prune.schedule`). `prunes_up_front`: the plan is applied once before
+    recovery and the pruned model itself is measured and fine-tuned (one-shot); otherwise the final
+    architecture is measured on a one-shot twin first and `recover` prunes as it goes."""
+
+    name: ClassVar[str]
+    prunes_up_front: ClassVar[bool] = False
+
+    def __init__(self, config: "ScheduleConfig"):
+        self.config = config
+
+    def points(self, total_steps: int) -> list[tuple[int, float]]:
+        """(optimizer step, fraction of the plan) at which to prune."""
+        return [(0, 1.0)]
+
+    def recover(self, host: RecoveryHost, start: nn.Module, plan: PrunePlan, on_epoch: OnEpoch) -> Recovered:
+        raise NotImplementedError
+
+
+class OneShot(Schedule):
+    name, prunes_up_front = "oneshot", True
+
+    def recover(self, host: RecoveryHost, start: nn.Module, plan: PrunePlan, on_epoch: OnEpoch) -> Recovered:
+        raise AssertionError("one-shot pruning is applied before recovery: see CandidateEvaluator.evaluate")
+
+
+class _Gradual(Schedule):
+    """iterative / agp: prune events during fine-tuning (channels physically, masks recomputed)."""
+
+    def recover(self, host: RecoveryHost, start: nn.Module, plan: PrunePlan, on_epoch: OnEpoch) -> Recovered:
+        model = copy.deepcopy(start)
+        widths = host.widths()
+        masks, skipped = MaskSet(), {}
+        stats = GradientStats() if needs_gradients(plan.importance) else None
+
+        def event(fraction: float) -> Callable[[nn.Module], bool]:
+            def fn(m: nn.Module) -> bool:
+                use = stats if stats is not None and len(stats) else None  # none yet: calibration batches
+                result = host.engine.apply(m, plan.scaled(fraction), stats=use, reference=widths)
+                masks.masks = result.masks.masks
+                skipped.update(result.skipped)
+                if stats is not None:
+                    stats.reset()
+                return any(result.removed.values())
+            return fn
+
+        events = [(step, event(fraction)) for step, fraction in self.points(host.total_steps())]
+        host.finetune(model, masks=masks, on_epoch=on_epoch, events=events,
+                      grad_hook=stats.accumulate if stats is not None else None)
+        return model, masks, skipped
+
+
+class Iterative(_Gradual):
+    name = "iterative"
+
+    def points(self, total_steps: int) -> list[tuple[int, float]]:
+        k = self.config.steps
+        return [(round((i - 1) * total_steps / k), i / k) for i in range(1, k + 1)]
+
+
+class Agp(_Gradual):
+    name = "agp"
+
+    def points(self, total_steps: int) -> list[tuple[int, float]]:
+        c = self.config
+        n, span = c.agp_steps, c.agp_end - c.agp_start
+        return [(round((c.agp_start + span * i / n) * total_steps), agp_fraction(i, n)) for i in range(1, n + 1)]
+
+
+class LotteryTicket(Schedule):
+    """lth: train → prune → rewind survivors to the early checkpoint → (repeat) → retrain."""
+
+    name = "lth"
+
+    def recover(self, host: RecoveryHost, start: nn.Module, plan: PrunePlan, on_epoch: OnEpoch) -> Recovered:
+        sched = self.config
+        epochs = sched.train_epochs      # None: recover.epochs
+        widths = host.widths()
+        stats = GradientStats() if needs_gradients(plan.importance) else None
+        hook = stats.accumulate if stats is not None else None
+        model = copy.deepcopy(start)
+        rewind = copy.deepcopy(start) if sched.rewind_epoch == 0 else None
+
+        def keep_checkpoint(epoch: int, m: nn.Module) -> None:
+            nonlocal rewind
+            if epoch + 1 == sched.rewind_epoch:
+                rewind = copy.deepcopy(m)
+
+        host.finetune(model, epochs=epochs, grad_hook=hook, on_epoch=keep_checkpoint if rewind is None else None)
+        if rewind is None:  # rewind_epoch past the training run: the trained weights themselves
+            rewind = copy.deepcopy(model)
+        masks, skipped = MaskSet(), {}
+        for r in range(1, sched.rounds + 1):
+            result: PruneResult = host.engine.apply(model, plan.scaled(r / sched.rounds),
+                                                    stats=stats if stats is not None and len(stats) else None,
+                                                    reference=widths)
+            skipped.update(result.skipped)
+            host.engine.structural.apply_indices(rewind, result.removed)   # same channels go from the checkpoint
+            model = copy.deepcopy(rewind)
+            masks = result.masks.rebind(model)                       # same zeros on the rewound weights
+            masks.apply()
+            if stats is not None:
+                stats.reset()
+            if r < sched.rounds:
+                host.finetune(model, epochs=epochs, masks=masks, grad_hook=hook)
+        host.finetune(model, masks=masks, on_epoch=on_epoch)
+        return model, masks, skipped
+
+
+SCHEDULE_CLASSES: dict[str, type[Schedule]] = {c.name: c for c in (OneShot, Iterative, Agp, LotteryTicket)}
+SCHEDULES = tuple(SCHEDULE_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -61,17 +194,14 @@ class ScheduleConfig:
         return cls(p.schedule, p.iterative.steps, p.agp.steps, p.agp.start, p.agp.end, p.lth.rounds,
                    p.lth.rewind_epoch, p.lth.train_epochs)
 
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule this config describes (registered in SCHEDULE_CLASSES by name)."""
+        return SCHEDULE_CLASSES[self.kind](self)
+
     def points(self, total_steps: int) -> list[tuple[int, float]]:
         """(optimizer step, fraction of the plan) at which to prune, for iterative and agp."""
-        if self.kind == "iterative":
-            k = self.steps
-            return [(round((i - 1) * total_steps / k), i / k) for i in range(1, k + 1)]
-        if self.kind == "agp":
-            n = self.agp_steps
-            span = self.agp_end - self.agp_start
-            return [(round((self.agp_start + span * i / n) * total_steps), 1.0 - (1.0 - i / n) ** 3)
-                    for i in range(1, n + 1)]
-        return [(0, 1.0)]
+        return self.schedule.points(total_steps)
 
     def describe(self) -> dict:
         return dataclasses.asdict(self)
@@ -82,4 +212,4 @@ def agp_fraction(i: int, n: int) -> float:
     return 1.0 - (1.0 - i / n) ** 3
 
 
-__all__ = ["SCHEDULES", "ScheduleConfig", "agp_fraction"]
+__all__ = ["SCHEDULES", "SCHEDULE_CLASSES", "Schedule", "ScheduleConfig", "agp_fraction"]

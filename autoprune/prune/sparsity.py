@@ -1,14 +1,15 @@
 """Non-structured sparsity patterns as boolean keep-masks (True = keep), and what they buy in size.
 
-Patterns (each `*_mask` returns a bool tensor of the weight's shape; `apply_mask_` zeroes in place):
+Patterns (each `*_mask` returns a bool tensor of the weight's shape; the pruning engine holds them in a
+MaskSet, which zeroes the weights in place):
 
     unstructured_mask(w, amount)              layer-wise magnitude: the round(amount * numel) smallest |w| go
-    unstructured_mask(w, threshold=t)         magnitude threshold: every |w| < t goes
     global_unstructured_masks([w1, w2], a)    one magnitude percentile over all the tensors together
     nm_mask(w, n=2, m=4)                      N:M: in every M consecutive input weights keep the N largest
     block_mask(w, amount, block=(4, 4))       blocks of the 2-D view [out, in*k*k], ranked by L2 norm
 
-`sparsify_(model, pattern, ...)` applies one pattern to every conv / linear weight of a model.
+Magnitude *threshold* pruning (every |w| < t goes) is the in-place primitive
+autoprune.prune.threshold.prune_below_threshold_ (O(n) time, O(1) extra space), not a mask.
 
 What sparsity does *not* buy: the tensors stay dense, so dense kernels run exactly as fast (ONNX Runtime's
 CPU provider has no sparse convolution; N:M pays off only on hardware with sparse tensor cores) and the
@@ -29,7 +30,6 @@ import torch.nn as nn
 
 from autoprune.errors import ConfigError
 
-PATTERNS = ("unstructured", "global", "n:m", "block")
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear)  # layers whose weights are sparsified
 
 
@@ -94,37 +94,35 @@ def sparsity(tensor: torch.Tensor) -> float:
 
 # ----------------------------------------------------------------------------------------- patterns
 
-def unstructured_mask(weight: torch.Tensor, amount: Optional[float] = None, *,
-                      threshold: Optional[float] = None, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Layer-wise magnitude mask: drop exactly round(amount * numel) smallest |w|, or every |w| < threshold.
+def unstructured_mask(weight: torch.Tensor, amount: float, *, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Layer-wise magnitude mask: drop exactly round(amount * numel) smallest |w| (`amount` in [0, 1]).
 
-    Give exactly one of `amount` (a fraction in [0, 1]) and `threshold` (>= 0). `scores` (the weight's
-    shape, higher = more important; see autoprune.prune.saliency) replaces |w| in the amount ranking."""
+    `scores` (the weight's shape, higher = more important; see autoprune.prune.saliency) replaces |w| in
+    the ranking. To zero every |w| below a threshold instead, use the in-place primitive
+    autoprune.prune.threshold.prune_below_threshold_ (O(n) time, O(1) extra space)."""
     _check_weight(weight)
-    if (amount is None) == (threshold is None):
-        raise ConfigError("give exactly one of amount (fraction of weights to zero) "
-                          "or threshold (|w| below it is zeroed)")
     with torch.no_grad():
-        if threshold is not None:
-            if not isinstance(threshold, (int, float)) or not threshold >= 0.0:  # also rejects NaN
-                raise ConfigError(f"sparsity threshold {threshold!r} must be a number >= 0: use e.g. 1e-3")
-            return weight.abs() >= float(threshold)
         k = round(_check_amount(amount) * weight.numel())
         return _drop_smallest(_scores_for(weight, scores, weight.abs()), k).view(weight.shape)
 
 
-def global_unstructured_masks(weights: Sequence[torch.Tensor], amount: float) -> list[torch.Tensor]:
-    """One magnitude percentile over all `weights` together: the round(amount * total) smallest |w| of
-    the union are dropped, so layers of small scale lose more than layers of large scale.
-    Uses O(total) extra memory for the concatenated magnitudes."""
+def global_unstructured_masks(weights: Sequence[torch.Tensor], amount: Optional[float] = None, *,
+                              scores: Optional[Sequence[torch.Tensor]] = None,
+                              drop: Optional[int] = None) -> list[torch.Tensor]:
+    """One ranking over all `weights` together (the engine's prune.unstructured_scope=global): the
+    smallest |w| (or `scores`) of the union are dropped, round(amount * total) of them or exactly `drop`,
+    so layers of small scale lose more than layers of large scale. O(total) extra memory."""
     weights = list(weights)
     if not weights:
         raise ConfigError("global sparsity needs at least one weight tensor: check which layers are selected")
+    if (amount is None) == (drop is None):
+        raise ConfigError("give exactly one of amount (fraction of all weights) or drop (how many)")
     for w in weights:
         _check_weight(w)
+    ranked = [_scores_for(w, s, w.abs()) for w, s in zip(weights, scores or [None] * len(weights))]
     with torch.no_grad():
-        scores = torch.cat([w.detach().abs().reshape(-1).float() for w in weights])
-        keep = _drop_smallest(scores, round(_check_amount(amount) * scores.numel()))
+        flat = torch.cat([r.detach().reshape(-1).float() for r in ranked])
+        keep = _drop_smallest(flat, round(_check_amount(amount) * flat.numel()) if drop is None else drop)
     return [part.view(w.shape) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
 
 
@@ -164,60 +162,6 @@ def block_mask(weight: torch.Tensor, amount: float, block: Sequence[int] = (1, 4
         keep = _drop_smallest(norms, round(amount * norms.numel())).view(norms.shape)
         keep = keep[:, None, :, None].expand(-1, br, -1, bc)                # [rows/br, br, cols/bc, bc]
         return keep.reshape(weight.shape)
-
-
-def apply_mask_(weight: torch.Tensor, keep: torch.Tensor) -> int:
-    """Zero `weight` in place where `keep` is False; returns how many nonzero elements it zeroed."""
-    if keep.shape != weight.shape or keep.dtype != torch.bool:
-        raise ConfigError(f"mask of shape {tuple(keep.shape)} ({keep.dtype}) does not fit weight of shape "
-                          f"{tuple(weight.shape)}: build it with one of the *_mask functions for this weight")
-    with torch.no_grad():
-        drop = ~keep.to(weight.device)
-        zeroed = int(torch.count_nonzero(weight[drop]))
-        weight.masked_fill_(drop, 0.0)
-    return zeroed
-
-
-# ------------------------------------------------------------------------------------ whole models
-
-def sparsify_(model: nn.Module, pattern: str, *, amount: Optional[float] = None, threshold: Optional[float] = None,
-              n: int = 2, m: int = 4, block: Sequence[int] = (1, 4), ignore: Sequence[str] = ()) -> dict[str, float]:
-    """Apply one pattern to the weight of every conv / linear layer of `model` not named in `ignore`
-    (pass the output layer there to keep the classifier dense), in place.
-
-    pattern: "unstructured" (amount or threshold, per layer), "global" (amount over all layers together),
-    "n:m" (n, m) or "block" (amount, block). For "n:m" and "block", layers whose shape the pattern does not
-    tile (e.g. a 3-channel stem, depthwise convs) are left dense and left out of the result.
-    Returns {layer name: fraction of its weight that is now zero} for the layers the pattern was applied to."""
-    if pattern not in PATTERNS:
-        raise ConfigError(f"unknown sparsity pattern '{pattern}': choose one of {list(PATTERNS)}")
-    modules = dict(model.named_modules())
-    missing = [name for name in ignore if name not in modules]
-    if missing:
-        raise ConfigError(f"ignored layer(s) {missing} are not in the model: "
-                          "check the names against model.named_modules()")
-    layers = {name: mod for name, mod in modules.items() if isinstance(mod, LAYERS) and name not in ignore}
-    if not layers:
-        raise ConfigError("the model has no conv or linear layer left to sparsify: check the ignore list")
-    if pattern == "global":
-        if amount is None or threshold is not None:
-            raise ConfigError("global sparsity takes amount (one fraction over all layers), not threshold")
-        masks = dict(zip(layers, global_unstructured_masks([mod.weight for mod in layers.values()], amount)))
-    elif pattern == "unstructured":
-        masks = {name: unstructured_mask(mod.weight, amount, threshold=threshold) for name, mod in layers.items()}
-    elif pattern == "n:m":
-        _check_nm(n, m)
-        masks = {name: nm_mask(mod.weight, n, m) for name, mod in layers.items()
-                 if mod.weight.dim() >= 2 and mod.weight.shape[1] % m == 0}
-    else:
-        _check_block(block)
-        if amount is None or threshold is not None:
-            raise ConfigError("block sparsity takes amount (fraction of blocks to zero), not threshold: use amount=0.5")
-        masks = {name: block_mask(mod.weight, amount, block) for name, mod in layers.items()
-                 if mod.weight.shape[0] % block[0] == 0 and (mod.weight.numel() // mod.weight.shape[0]) % block[1] == 0}
-    for name, keep in masks.items():
-        apply_mask_(layers[name].weight, keep)
-    return {name: sparsity(layers[name].weight) for name in masks}
 
 
 # ---------------------------------------------------------------------------------------- encodings
@@ -301,5 +245,5 @@ def model_encoding(model: nn.Module, index_bits: int = 32) -> ModelEncoding:
     return ModelEncoding(dense, sparse, zeros / weights if weights else 0.0, weights, zeros)
 
 
-__all__ = ["PATTERNS", "EncodingBytes", "ModelEncoding", "model_encoding", "tiles", "apply_mask_", "block_mask", "global_unstructured_masks", "nm_mask",
-           "sparse_encoding_bytes", "sparsify_", "sparsity", "unstructured_mask"]
+__all__ = ["EncodingBytes", "ModelEncoding", "block_mask", "global_unstructured_masks", "model_encoding", "nm_mask",
+           "sparse_encoding_bytes", "sparsity", "tiles", "unstructured_mask"]

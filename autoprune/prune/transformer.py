@@ -33,7 +33,8 @@ import torch.nn as nn
 from autoprune.errors import PruningError
 from autoprune.plan import PrunePlan
 from autoprune.prune.channels import PrunableGroup, kept_channels
-from autoprune.prune.saliency import CHANNEL_ONLY, GradientStats, needs_gradients, weight_scores
+from autoprune.prune.criteria import check_for_heads
+from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scores
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,7 @@ class TransformerPruner:
         if unknown:
             raise PruningError(f"plan names group(s) {unknown} that the model does not have; "
                                f"known groups: {sorted(known)}")
-        if plan.importance in CHANNEL_ONLY:
-            raise PruningError(f"importance '{plan.importance}' does not apply to attention heads / FFN neurons "
-                               "(no BatchNorm, no filters): use l2, l1, taylor, hessian, movement or random")
+        check_for_heads([plan.importance], error=PruningError)
         todo = []
         for group, layer in named:
             g = plan.groups.get(group.name)

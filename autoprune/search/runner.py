@@ -6,46 +6,36 @@ candidate → Optuna tell → MLflow) → Pareto set → test-split evaluation �
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import optuna
 import torch_pruning as tp
 
-from autoprune import interrupts
 from autoprune.baseline import near_chance
-from autoprune.candidate import TrialResult
 from autoprune.config import AppConfig
-from autoprune.context import SearchContext, build_context
-from autoprune.deploy import write_bundle
+from autoprune.context import SearchContext, check_inputs, finish_context
 from autoprune.hw import LatencyStats, export_model, load_profile
-from autoprune.owner import process_owner
-from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
-from autoprune.report import ReportData, collect, format_table, write_report
+from autoprune.report import ReportData, format_table
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
-from autoprune.search.pareto import normalized_hypervolume
-from autoprune.search.deadline import deadline
 from autoprune.search.checks import check_search
 from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerprint, study_fingerprint
+from autoprune.search.loop import Budget, Observer, SearchLoop, TrialOutcome
 from autoprune.search.objectives import Objectives
-from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
+from autoprune.search.observers import (HeartbeatObserver, MlflowObserver, MlflowProgressObserver, ProgressObserver,
+                                          ReportObserver, guarded)
+from autoprune.search.searchers import SearcherSettings, make_sampler, searcher_class
 from autoprune.search.study import open_storage, open_study
-from autoprune.search.workers import (INTERRUPTED_ATTR, OWNER_ATTR, Heartbeat, StaleTrialHandler, budget_used, claim,
-                                      fail_orphaned_trials, shared_lock)
+from autoprune.search.workers import Heartbeat, StaleTrialHandler, fail_orphaned_trials, shared_lock
 from autoprune.track import Tracker
-from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER,
-                                            TrackingError, TrialRecord)
+from autoprune.track.mlflow_tracker import STUDY
 
 log = logging.getLogger("autoprune")
-TRIAL_ARTIFACTS = ("plan.json", "latency.json", "model.onnx", "model.pt")  # what a trial run holds
 
 
 @dataclass(frozen=True)
@@ -59,17 +49,27 @@ class SearchOutcome:
         return self.report.study_name
 
 
-def _fmt_time(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}"
+@dataclass(frozen=True)
+class _Records:
+    """Where a search records: the Optuna storage (with its stale-trial handler) and the MLflow tracker."""
+
+    storage: optuna.storages.BaseStorage
+    tracker: Tracker
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+def _open_records(cfg: AppConfig, fingerprint: str, stale: StaleTrialHandler) -> _Records:
+    """After the cheap checks, before the baseline trains: a bad URL fails fast."""
+    storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, stale)
+    if cfg.search.study_name:  # a named study may hold another search's trials: refuse to mix them
+        check_fingerprint(cfg.search.study_name, stored_fingerprint(storage, cfg.search.study_name),
+                          fingerprint, force=cfg.search.resume == "force")
+    return _Records(storage, Tracker(cfg.tracking.uri, cfg.tracking.experiment))
 
 
 class Search:
-    """One invocation of a search. Construct (validates config, loads/trains the baseline), then run()."""
+    """One invocation of a search. Construct (validates config, loads/trains the baseline), then run():
+    the baseline is measured, then a SearchLoop runs the trials with observers for MLflow, the progress
+    line, heartbeats and the report."""
 
     def __init__(self, cfg: AppConfig, output_dir: Path):
         self.cfg = cfg = AppConfig.of(cfg)   # a composed DictConfig (Python API, tests) is checked here
@@ -77,27 +77,21 @@ class Search:
         check_search(cfg)  # warm start, NNI, measurement runtime: before anything is built or recorded
         self.objectives = Objectives.from_config(cfg.search.objectives, cfg.search.constraints)
         sampler = make_sampler(cfg.search.sampler, cfg.seed, cfg.search.population_size)
+        self.searcher_class = searcher_class(cfg.search.backend, cfg.search.sampler)
         self.stale = StaleTrialHandler(cfg.search.max_retry)
-
         self.fingerprint = study_fingerprint(cfg, load_profile(cfg.hw).digest())
-
-        def open_records() -> None:  # after the cheap checks, before the baseline trains: a bad URL fails fast
-            self.storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, self.stale)
-            if cfg.search.study_name:  # a named study may hold another search's trials: refuse to mix them
-                check_fingerprint(cfg.search.study_name, stored_fingerprint(self.storage, cfg.search.study_name),
-                                  self.fingerprint, force=cfg.search.resume == "force")
-            self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-
-        self.ctx: SearchContext = build_context(cfg, before_baseline=open_records)  # trains the baseline if not cached
-        self.stale.on_stale = self._close_stale_run
+        inputs = check_inputs(cfg)
+        records = _open_records(cfg, self.fingerprint, self.stale)
+        self.storage, self.tracker = records.storage, records.tracker
+        self.ctx: SearchContext = finish_context(inputs)  # trains the baseline if not cached
         self.study_name = self.ctx.study_name
         self.study = open_study(self.storage, self.study_name, sampler, self.objectives.directions)
         self.study.set_metric_names(list(self.objectives.names))   # the report, optuna-dashboard: named axes
         if ATTR not in self.study.user_attrs or cfg.search.resume == "force":
             self.study.set_user_attr(ATTR, self.fingerprint)
-        self.heartbeat = Heartbeat(self.storage, cfg.search.heartbeat_s or 0)
-        stop = cfg.search.early_stop
-        self.stopper = ParetoStopper(self.study, stop.margin, stop.min_epoch) if stop.enabled else None
+        self.budget = Budget(cfg.search.n_trials, cfg.search.storage, cfg.search.run_name or None)
+        self.max_drop = cfg.search.hv_max_drop
+        self.mlflow = MlflowObserver(self.tracker, self.study_name, self.ctx.groups, self.output_dir)
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -113,29 +107,32 @@ class Search:
                     self.study.enqueue_trial(ctx.space.encode(plan))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
         self.study.set_user_attr("config", cfg.to_dict())
-        self.split_sizes = SplitSizes.of(ctx.task.data)   # the report's accuracy intervals, recorded as data
-        self.study.set_user_attr(SPLIT_SIZES, {"val": self.split_sizes.val, "test": self.split_sizes.test})
+        split_sizes = SplitSizes.of(ctx.task.data)   # the report's accuracy intervals, recorded as data
+        self.study.set_user_attr(SPLIT_SIZES, {"val": split_sizes.val, "test": split_sizes.test})
         params = {"task": cfg.task.name, "hw": ctx.profile.name, "hw_digest": ctx.profile.digest(),
                   "n_trials": cfg.search.n_trials, "backend": cfg.search.backend, "sampler": cfg.search.sampler,
                   "objectives": ",".join(self.objectives.names), "storage": cfg.search.storage,
                   "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances),
                   "output_dir": str(self.output_dir)}
-        group = cfg.search.run_name
-        parent = self._mlflow("start of the search run", lambda: self.tracker.start_search(
+        group = self.budget.group
+        parent = guarded("start of the search run", lambda: self.tracker.start_search(
             f"search-{group or self.study_name}", self.study_name, params, group=group))
-        self._reconcile("start")
-        used = budget_used(self.study, group)
+        self.mlflow.reconcile(self.study, "start")
         log.info("study %s (%d of %d trials done%s) | %d prunable groups | hw %s | MLflow run %s",
-                 self.study_name, min(used, cfg.search.n_trials), cfg.search.n_trials,
+                 self.study_name, min(self.budget.used(self.study), self.budget.n_trials), cfg.search.n_trials,
                  f" in run group {group}" if group else "", len(ctx.groups), ctx.profile.name, parent)
         status = "FAILED"
         try:
             baseline = self._measure_baseline()
-            # Ctrl-C / SIGTERM land between two trials or in a trial's evaluation (which they fail and retry):
-            # never between ask and tell, nor while a trial's MLflow run is opened or closed.
-            with interrupts.held():
-                self._trials(baseline, self._searcher(baseline))
-            outcome = self._finish()
+            report = ReportObserver(self.mlflow, ctx.evaluator, ctx.task.data, self.output_dir, split_sizes,
+                                    self.max_drop)
+            self._loop(baseline, [HeartbeatObserver(Heartbeat(self.storage, cfg.search.heartbeat_s or 0)),
+                                  self.mlflow,
+                                  MlflowProgressObserver(self.tracker, self.objectives, baseline, self.max_drop),
+                                  ProgressObserver(self.objectives, baseline, self.budget, self.max_drop),
+                                  report]).run()
+            assert report.report is not None
+            outcome = SearchOutcome(self.tracker.parent_id, report.report, report.files)
             status = "FINISHED"
             return outcome
         except KeyboardInterrupt:
@@ -143,17 +140,27 @@ class Search:
             raise
         finally:
             if parent:
-                self._mlflow("end of the search run", lambda: self.tracker.end(parent, status))
+                guarded("end of the search run", lambda: self.tracker.end(parent, status))
+
+    def _loop(self, baseline: dict, observers: list[Observer]) -> SearchLoop:
+        search = self.cfg.search
+        stop = search.early_stop
+        stopper = ParetoStopper(self.study, stop.margin, stop.min_epoch) if stop.enabled else None
+        searcher = self.searcher_class.build(
+            self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"]))
+        return SearchLoop(self.study, searcher, self.ctx.space, self.ctx.evaluator, self.objectives, baseline,
+                          self.budget, self.output_dir, observers, stale=self.stale, stopper=stopper,
+                          trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s))
 
     def _measure_baseline(self) -> dict:
         """Score and time the unpruned model in this run, so speedups are ratios taken side by side."""
         ctx = self.ctx
-        run_id = self._mlflow("start of the baseline run", lambda: self.tracker.start_child(
+        run_id = guarded("start of the baseline run", lambda: self.tracker.start_child(
             "baseline", "baseline", {STUDY: self.study_name}))
         try:
             metrics, latency, n_params = self._score_baseline(run_id)
         except BaseException:   # not left RUNNING: the search's failure is the baseline run's too
-            self._close_run(run_id, "FAILED", {})
+            self.mlflow.close_run(run_id, "FAILED", {})
             raise
         log.info("baseline (%s): val %.2f%% test %.2f%% | %.3f ms median (cv %.2f%%, n=%d) | %s params",
                  ctx.baseline_origin, 100 * metrics["val_accuracy"], 100 * metrics["test_accuracy"],
@@ -174,223 +181,26 @@ class Search:
                        "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_cv": latency.cv,
                        "macs": macs, "params": n_params, "onnx_bytes": exported.onnx_path.stat().st_size}
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
-            logged = run_id and self._mlflow("baseline results", lambda: (
+            logged = run_id and guarded("baseline results", lambda: (
                 self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
                                  params={f"hw.{k}": v for k, v in latency.fingerprint.items()}),
                 self.tracker.log_artifacts(run_id, [exported.onnx_path, Path(tmp) / "latency.json"])))
-        self._close_run(run_id, "FINISHED" if logged else "FAILED",
-                        {} if logged else {"autoprune.logging_error": "baseline results incomplete"})
+        self.mlflow.close_run(run_id, "FINISHED" if logged else "FAILED",
+                              {} if logged else {"autoprune.logging_error": "baseline results incomplete"})
         return metrics, latency, n_params
-
-    def _searcher(self, baseline: dict) -> Searcher:
-        search = self.cfg.search
-        if search.backend == "nni":
-            return NniSearcher(self.study, self.ctx.space, search.nni.tuner, self.cfg.seed,
-                               search.nni.speedup_weight, baseline["latency_ms"])
-        if search.sampler == "uniform":
-            return UniformGridSearcher(self.study, self.ctx.space)
-        return OptunaSearcher(self.study)
-
-    def _close_stale_run(self, trial: optuna.trial.FrozenTrial) -> None:
-        """A trial whose worker died: its MLflow run must not stay RUNNING forever."""
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            self._close_run(run_id, "KILLED", {STATE: "failed", FAIL_REASON: "worker lost (no heartbeat)"})
-
-    def _orphaned(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            self._close_run(run_id, "KILLED", {STATE: "failed", FAIL_REASON: "worker process gone (killed or crashed)"})
-        self.stale.retry(study, trial)
 
     def _close_orphans(self) -> None:
         """What a killed process of this host left RUNNING: its trials are failed and retried
         (search.max_retry), its MLflow runs ended KILLED."""
-        failed = fail_orphaned_trials(self.study, self._orphaned)
-        closed = self._mlflow("closing orphaned runs", lambda: self.tracker.close_orphaned_runs(self.study_name))
+        def orphaned(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            self.mlflow.on_trial_end(study, trial, TrialOutcome.lost("worker process gone (killed or crashed)"))
+            self.stale.retry(study, trial)
+
+        failed = fail_orphaned_trials(self.study, orphaned)
+        closed = self.mlflow.close_orphaned_runs()
         if failed or closed:
             log.warning("a killed search left trial(s) %s and %d MLflow run(s) running: failed%s and closed",
                         failed, len(closed or []), " (retried)" if failed and self.stale.max_retry else "")
-
-    def _next_trial(self, searcher: Searcher) -> optuna.Trial | None:
-        """The next trial within the budget: search.n_trials for the study, or for the run group
-        shared by all its workers."""
-        interrupts.check()  # a signal held during the last trial's bookkeeping ends the search here
-        if self.cfg.search.heartbeat_s:
-            optuna.storages.fail_stale_trials(self.study)
-        group = self.cfg.search.run_name
-        return claim(self.study, self.cfg.search.storage, group or None, self.cfg.search.n_trials, searcher.ask)
-
-    def _trials(self, baseline: dict, searcher: Searcher) -> None:
-        n_trials, started = self.cfg.search.n_trials, time.perf_counter()
-        group = self.cfg.search.run_name
-        max_drop = self.cfg.search.hv_max_drop
-        for i in itertools.count():
-            trial = self._next_trial(searcher)
-            if trial is None:
-                if i == 0:
-                    log.info("the budget of %d trials is spent: nothing to run (raise search.n_trials to run more)",
-                             n_trials)
-                break
-            position = budget_used(self.study, group)
-            plan = self.ctx.space.suggest(trial)
-            t0 = time.perf_counter()
-            with self.heartbeat.beating(trial):
-                result = self._one_trial(trial, plan, searcher, baseline)
-            complete = self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-            feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
-            hv = normalized_hypervolume([t.user_attrs for t in feasible], self.objectives.names, baseline, max_drop)
-            self._mlflow("search progress", lambda: self.tracker.log(
-                self.tracker.parent_id, metrics={"hypervolume": hv, "completed_trials": len(complete)},
-                step=trial.number))
-            elapsed = time.perf_counter() - started
-            progress = (f"front {len(self.study.best_trials)} | hv {hv:.3f} | {_fmt_time(elapsed)} elapsed, "
-                        f"ETA {_fmt_time(elapsed / (i + 1) * max(0, n_trials - position))}")
-            if result is None:
-                attrs = self.study.trials[trial.number].user_attrs
-                outcome = f"stopped early: {attrs['stop_reason']}" if "stop_reason" in attrs else \
-                    f"FAILED: {attrs.get('fail_reason')}"
-                log.info("trial %d/%d (#%d) %s | %s", position, n_trials, trial.number, outcome, progress)
-                continue
-            log.info("trial %d/%d (#%d) %.1fs | val %.2f%% | %.3f ms (%.2fx) | %s params | %s", position, n_trials,
-                     trial.number, time.perf_counter() - t0, 100 * result.val_accuracy, result.latency.median_ms,
-                     baseline["latency_ms"] / result.latency.median_ms, f"{result.params:,}", progress)
-
-    def _mlflow(self, what: str, call: Callable[[], Any]) -> Any:
-        """MLflow trouble (after the tracker's retries) never stops a search: Optuna is the record, and
-        `_reconcile` brings MLflow back in agreement with it."""
-        try:
-            return call()
-        except TrackingError as exc:
-            log.warning("MLflow: %s failed (%s); the search goes on, Optuna keeps the result", what, exc)
-            return None
-
-    def _trial_params(self, plan: PrunePlan) -> dict:
-        return {f"ratio.{g.name}": plan.ratio(g.name) for g in self.ctx.groups} | {"importance": plan.importance}
-
-    def _records(self) -> list[TrialRecord]:
-        """Every COMPLETE trial of the study as Optuna has it; the files of this process's own trials."""
-        records = []
-        for t in self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
-            attrs, workdir = t.user_attrs, self.output_dir / "trials" / f"{t.number:04d}"
-            metrics = {k: v for k, v in attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            metrics |= {f"seconds_{k}": v for k, v in attrs.get("seconds", {}).items()}
-            own = attrs.get(OWNER_ATTR) == process_owner()
-            records.append(TrialRecord(t.number, attrs.get("mlflow_run_id"),
-                                       self._trial_params(PrunePlan.from_dict(attrs["plan"])), metrics,
-                                       [workdir / n for n in TRIAL_ARTIFACTS if own and (workdir / n).is_file()]))
-        return records
-
-    def _reconcile(self, when: str) -> None:
-        """At the start and at the end: MLflow is made to agree with Optuna (see Tracker.reconcile)."""
-        done = self._mlflow(f"reconciling with Optuna at the {when}",
-                            lambda: self.tracker.reconcile(self.study_name, self._records()))
-        if done:
-            log.warning("MLflow reconciled with Optuna at the %s: trial run(s) %s repaired, %s created, %s flagged "
-                        "autoprune.logging_error", when, done.repaired, done.created, done.flagged)
-
-    def _one_trial(self, trial: optuna.Trial, plan: PrunePlan, searcher: Searcher,
-                   baseline: dict) -> TrialResult | None:
-        """Evaluate one plan. A trial that raises or runs past search.trial_timeout_s is told failed
-        with its reason (a stopped one: pruned) and the search goes on."""
-        trial.set_user_attr("plan", plan.to_dict())
-        run_id = self._mlflow("start of a trial run", lambda: self.tracker.start_child(
-            f"trial-{trial.number}", "trial", {STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"}))
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            self._mlflow("trial params", lambda: self.tracker.log(run_id, params=self._trial_params(plan)))
-        workdir = self.output_dir / "trials" / f"{trial.number:04d}"
-        monitor = self.stopper.monitor(trial) if self.stopper else None
-        try:
-            with interrupts.allowed(), deadline(self.cfg.search.trial_timeout_s):
-                result = self.ctx.evaluator.evaluate(plan, workdir, monitor)
-        except optuna.TrialPruned as exc:
-            trial.set_user_attr("stop_reason", str(exc))
-            searcher.tell(trial, None, None, optuna.trial.TrialState.PRUNED)
-            self._close_run(run_id, "FINISHED", {STATE: "pruned", "autoprune.stop_reason": str(exc)})
-            return None
-        except (Exception, KeyboardInterrupt) as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)  # Ctrl-C or SIGTERM: retried like a killed trial
-            # (a second signal waits until this is done: autoprune.interrupts)
-            reason = "interrupted" if interrupted else _one_line(exc)
-            trial.set_user_attr("fail_reason", reason)
-            if interrupted:
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
-            searcher.tell(trial, None, None)
-            self._close_run(run_id, "KILLED" if interrupted else "FAILED", {STATE: "failed", FAIL_REASON: reason})
-            if interrupted:
-                self.stale.retry(self.study, self.study.trials[trial.number])
-                raise
-            return None
-        metrics = result.metrics()
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("seconds", result.seconds)
-        if result.repaired:  # the plan asked more of a group than it can give: what was built instead
-            trial.set_user_attr("repaired", result.repaired)
-        for name, value in self.objectives.violations(metrics, baseline).items():
-            trial.set_constraint(name, value)
-        searcher.tell(trial, self.objectives.values(metrics), metrics)
-        (workdir / "plan.json").write_text(plan.to_json())
-        (workdir / "latency.json").write_text(json.dumps(result.latency.to_dict(), indent=2))
-        if run_id and not self._mlflow("trial results", lambda: self._log_trial(run_id, result, metrics, workdir)):
-            self._close_run(run_id, "FINISHED", {"autoprune.logging_error": "results or artifacts incomplete"})
-        return result
-
-    def _log_trial(self, run_id: str, result: TrialResult, metrics: dict, workdir: Path) -> bool:
-        started = time.perf_counter()
-        repaired = {"autoprune.repaired": json.dumps(result.repaired)} if result.repaired else {}
-        self.tracker.log(run_id, metrics=metrics | {f"seconds_{k}": v for k, v in result.seconds.items()},
-                         tags={STATE: "complete", **repaired})
-        self.tracker.log_artifacts(run_id, [workdir / "plan.json", workdir / "latency.json",
-                                            result.onnx_path, result.model_path])
-        self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - started})
-        self.tracker.end(run_id)
-        return True
-
-    def _close_run(self, run_id: str | None, status: str, tags: dict) -> None:
-        if run_id:
-            self._mlflow("closing a run", lambda: (tags and self.tracker.log(run_id, tags=tags),
-                                                   self.tracker.end(run_id, status)))
-
-    def _finish_pareto_model(self, run, plan: PrunePlan) -> None:
-        """Test accuracy (evaluated once) and MLflow models (logged once) of a Pareto trial's run. The
-        model is rebuilt from the baseline and the trial's plan (from Optuna) with the logged weights
-        loaded weights-only: nothing read back from the artifact store is executed."""
-        run_id = run.info.run_id
-        if "test_accuracy" in run.data.metrics and ONNX_MODEL_ID in run.data.tags:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
-            model = self.ctx.evaluator.rebuild(plan, self.tracker.download(run_id, "model.pt", Path(tmp)))
-            if "test_accuracy" not in run.data.metrics:
-                self.tracker.log(run_id, metrics={"test_accuracy": evaluate(model, self.ctx.task.data.test)})
-            if ONNX_MODEL_ID not in run.data.tags:
-                self.tracker.log_models(run_id, onnx_file, model)
-
-    def _finish(self) -> SearchOutcome:
-        """Pareto models: test accuracy (once), MLflow models, pareto tags; then the report."""
-        self._reconcile("end")
-        front = {t.number: t for t in self.study.best_trials}
-        for run in self._mlflow("listing trial runs", lambda: self.tracker.trial_runs(self.study_name)) or []:
-            number, run_id = int(run.data.tags[TRIAL_NUMBER]), run.info.run_id
-            on_front = number in front
-            self._mlflow("pareto tag", lambda: self.tracker.log(run_id, tags={PARETO: str(on_front).lower()}))
-            if not on_front or run.info.status != "FINISHED" or "autoprune.logging_error" in run.data.tags:
-                continue
-            try:
-                self._finish_pareto_model(run, PrunePlan.from_dict(front[number].user_attrs["plan"]))
-            except Exception as exc:  # MLflow trouble: the model keeps its Optuna record and report row
-                log.warning("Pareto model #%d: test accuracy / MLflow models skipped (%s)", number, _one_line(exc))
-        data = collect(self.study, self.tracker, self.cfg.search.hv_max_drop)
-        files = write_report(data, self.output_dir / "report", self.split_sizes)
-        if self.tracker.parent_id:
-            self._mlflow("report artifacts", lambda: self.tracker.log_artifacts(self.tracker.parent_id, files, "report"))
-        write_bundle(data, self.tracker, self.output_dir / "report")
-        if self.tracker.parent_id:
-            self._mlflow("pareto size", lambda: self.tracker.log(self.tracker.parent_id,
-                                                                 metrics={"pareto_size": len(data.front)}))
-        return SearchOutcome(self.tracker.parent_id, data, files)
 
 
 def print_summary(report: ReportData, tracker_ui: str, report_dir: Path) -> None:

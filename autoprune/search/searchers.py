@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import optuna
 
@@ -22,6 +23,22 @@ from autoprune.search.space import SearchSpace
 
 OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp", "random", "qmc")
 NNI_TUNERS = ("tpe", "evolution", "anneal", "random")
+
+
+@dataclass(frozen=True)
+class SearcherSettings:
+    """What searchers may need beyond the study and the space."""
+
+    seed: int = 0
+    nni_tuner: str = "tpe"
+    speedup_weight: float = 0.02
+    baseline_latency_ms: float = 1.0
+
+    @classmethod
+    def of(cls, cfg: Any, baseline_latency_ms: float) -> "SearcherSettings":
+        """From the search config (`seed`, `search.nni.*`) and the baseline measured in this run."""
+        return cls(int(cfg.seed), str(cfg.search.nni.tuner), float(cfg.search.nni.speedup_weight),
+                   float(baseline_latency_ms))
 
 
 class Searcher(Protocol):
@@ -48,8 +65,17 @@ def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.sampl
 
 
 class OptunaSearcher:
+    """An Optuna sampler proposes (the study's own sampler: search.sampler)."""
+
+    backend: ClassVar[str] = "optuna"
+    samplers: ClassVar[tuple[str, ...]] = OPTUNA_SAMPLERS   # the search.sampler values it serves; () = any
+
     def __init__(self, study: optuna.Study):
         self.study = study
+
+    @classmethod
+    def build(cls, study: optuna.Study, space: SearchSpace, settings: SearcherSettings) -> "Searcher":
+        return cls(study)
 
     def ask(self) -> optuna.Trial:
         return self.study.ask()
@@ -78,11 +104,17 @@ def _coarse_to_fine(n: int) -> list[int]:
 class UniformGridSearcher(OptunaSearcher):
     """Uniform ratio for every group; the next unused grid ratio at each ask."""
 
+    samplers = ("uniform",)
+
     def __init__(self, study: optuna.Study, space: SearchSpace):
         super().__init__(study)
         self.space = space
         r = space.dimensions[0].range
         self.grid = [round(r.low + i * r.step, 10) for i in range(int(round((r.high - r.low) / r.step)) + 1)]
+
+    @classmethod
+    def build(cls, study: optuna.Study, space: SearchSpace, settings: SearcherSettings) -> "Searcher":
+        return cls(study, space)
 
     def ask(self) -> optuna.Trial:
         used = {t.params.get(self.space.dimensions[0].param) for t in self.study.get_trials(deepcopy=False)}
@@ -94,6 +126,14 @@ class UniformGridSearcher(OptunaSearcher):
 
 class NniSearcher(OptunaSearcher):
     """An NNI tuner proposes; the Optuna study records (proposals are enqueued, results told to both)."""
+
+    backend = "nni"
+    samplers = ()   # search.sampler is not used: search.nni.tuner chooses
+
+    @classmethod
+    def build(cls, study: optuna.Study, space: SearchSpace, settings: SearcherSettings) -> "Searcher":
+        return cls(study, space, settings.nni_tuner, settings.seed, settings.speedup_weight,
+                   settings.baseline_latency_ms)
 
     def __init__(self, study: optuna.Study, space: SearchSpace, tuner: str, seed: int, speedup_weight: float,
                  baseline_latency_ms: float):
@@ -140,7 +180,27 @@ class NniSearcher(OptunaSearcher):
         if metrics is not None:
             self.tuner.receive_trial_result(pid, raw, self.score(metrics))
         else:
-            self.tuner.trial_end(pid, success=False)
+            self.tuner.trial_end(pid, False)  # positional: TpeTuner names it _success
+
+
+SEARCHERS: tuple[type[OptunaSearcher], ...] = (UniformGridSearcher, OptunaSearcher, NniSearcher)
+BACKENDS = tuple(dict.fromkeys(c.backend for c in SEARCHERS))
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown search.backend '{backend}': choose {' or '.join(BACKENDS)}")
+
+
+def searcher_class(backend: str, sampler: str) -> type[OptunaSearcher]:
+    """The searcher for `search.backend` and `search.sampler` (the first registered one that serves both);
+    `build(study, space, settings)` makes it."""
+    check_backend(backend)
+    for cls in SEARCHERS:
+        if cls.backend == backend and (not cls.samplers or sampler in cls.samplers):
+            return cls
+    raise ConfigError(f"unknown search.sampler '{sampler}' for search.backend={backend}: choose one of "
+                      f"{sorted(s for c in SEARCHERS if c.backend == backend for s in c.samplers)}")
 
 
 def check_nni(tuner: str) -> None:

@@ -39,7 +39,7 @@ import yaml
 from autoprune.errors import ConfigError
 from autoprune.plan import DEFAULT_BLOCK, DEFAULT_NM, MASK_PATTERNS, PATTERNS, GroupPlan, PrunePlan
 from autoprune.prune.importance import IMPORTANCES
-from autoprune.prune.saliency import CHANNEL_ONLY
+from autoprune.prune.criteria import check_for_heads, check_for_masks
 from autoprune.resources import resolve_yaml, yaml_problem, yaml_size_problem
 
 PARAM_PREFIX = "ratio."
@@ -102,10 +102,7 @@ class SearchSpace:
                 raise ConfigError(f"search space patterns {wrong or '[]'} of '{d.name}' unknown: "
                                   f"choose from {list(PATTERNS)}")
         masked = sorted({p for d in self.dimensions for p in d.patterns if p in MASK_PATTERNS})
-        clash = [i for i in self.importances if i in CHANNEL_ONLY]
-        if masked and clash:
-            raise ConfigError(f"importance {clash} scores whole channels and cannot rank single weights for "
-                              f"pattern(s) {masked}: offer l1, l2, taylor, hessian, movement or random instead")
+        check_for_masks(self.importances, masked)
         GroupPlan(0.0, "channel", self.nm, self.block)  # validates nm and block
 
     @property
@@ -296,10 +293,8 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
         source = f"{where} importance" if "importance" in data else "prune.importance"
         raise ConfigError(f"{source} {unknown_importance or '[]'} unknown: choose from {sorted(IMPORTANCES)}")
     transformer = sorted({kinds[g] for d in dims for g in d.groups} & {"heads", "ffn"})
-    channel_only = [i for i in importances if i in CHANNEL_ONLY]
-    if transformer and channel_only:
-        raise ConfigError(f"{where}: importance {channel_only} does not apply to attention heads / FFN neurons: "
-                          "use l2, l1, taylor, hessian, movement or random")
+    if transformer:
+        check_for_heads(importances, f"{where}: ")
     nm = data.get("nm", defaults.get("nm", DEFAULT_NM))
     block = data.get("block", defaults.get("block", DEFAULT_BLOCK))
     try:

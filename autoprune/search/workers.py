@@ -184,18 +184,22 @@ class Heartbeat:
 
 
 class StaleTrialHandler:
-    """Optuna's failed_trial_callback for stale trials: close the trial's MLflow run (`on_stale`,
-    set once the tracker exists) and enqueue a retry with the same parameters."""
+    """Optuna's failed_trial_callback for stale trials: enqueue a retry with the same parameters and
+    keep the trial until the search loop takes it (`take_lost`) to close its records (MLflow run)."""
 
     def __init__(self, max_retry: int):
         self.max_retry = max_retry
-        self.on_stale: Optional[Callable[[optuna.trial.FrozenTrial], None]] = None
+        self._lost: list[optuna.trial.FrozenTrial] = []
         self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.on_stale is not None:
-            self.on_stale(trial)
+        self._lost.append(trial)
         self.retry(study, trial)
+
+    def take_lost(self) -> list[optuna.trial.FrozenTrial]:
+        """The stale trials failed since the last call (oldest first)."""
+        lost, self._lost = self._lost, []
+        return lost
 
     def retry(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Enqueue `trial`'s parameters again, unless it was already retried `max_retry` times
