@@ -61,8 +61,11 @@ def run(cfg: DictConfig, output_dir: Path):
         from autoprune.pick import run_pick
 
         outcome = run_pick(cfg)
-        print(f"registered {outcome.model_name} version {outcome.version} with alias '{outcome.alias}' "
-              f"(trial {outcome.chosen.trial}); ONNX exported to {outcome.onnx_path}")
+        done = "reused" if outcome.reused else "registered"
+        print(f"{done} {outcome.model_name} version {outcome.version} with alias '{outcome.alias}' "
+              f"(trial {outcome.chosen.trial}); ONNX exported to {outcome.onnx_path}\n"
+              f"serve it: PATH=.venv/bin:$PATH MLFLOW_TRACKING_URI={cfg.tracking.uri} "
+              f"mlflow models serve -m 'models:/{outcome.model_name}@{outcome.alias}' --env-manager local -p 5001")
         return outcome
     if cfg.mode == "reproduce":
         from autoprune.reproduce import run_reproduce

@@ -30,6 +30,7 @@ from autoprune.owner import process_owner
 from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
+from autoprune.report.collect import record_test_accuracy
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
 from autoprune.search.pareto import normalized_hypervolume
 from autoprune.search.deadline import deadline
@@ -370,9 +371,11 @@ class Search:
             onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
             model = self.ctx.evaluator.rebuild(plan, self.tracker.download(run_id, "model.pt", Path(tmp)))
             if "test_accuracy" not in run.data.metrics:
-                self.tracker.log(run_id, metrics={"test_accuracy": evaluate(model, self.ctx.task.data.test)})
+                accuracy = evaluate(model, self.ctx.task.data.test)
+                self.tracker.log(run_id, metrics={"test_accuracy": accuracy})
+                record_test_accuracy(self.study, int(run.data.tags[TRIAL_NUMBER]), accuracy)
             if ONNX_MODEL_ID not in run.data.tags:
-                self.tracker.log_models(run_id, onnx_file, model)
+                self.tracker.log_models(run_id, onnx_file, model, example=self.ctx.task.data.val_inputs(4).numpy())
 
     def _finish(self) -> SearchOutcome:
         """Pareto models: test accuracy (once), MLflow models, pareto tags; then the report."""
