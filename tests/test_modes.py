@@ -190,8 +190,29 @@ def test_reproduce_gives_the_same_architecture_and_accuracy(searched):
 
 def test_reproduce_rejects_unknown_trial(searched):
     tmp, _ = searched
-    with pytest.raises(AutopruneError, match="did not complete; completed trials"):
+    with pytest.raises(AutopruneError, match=r"has no trial 999; completed trials: \[[0-9, ]+\]: set reproduce"):
         run(_cfg(tmp, "mode=reproduce", "reproduce.trial=999"), tmp / "repro2")
+
+
+def test_reproduce_measures_now_instead_of_reading_the_latency_cache(searched):
+    """Every cached latency is made 10,000 times slower: a reproduction that read the cache would say so."""
+    import json
+
+    tmp, outcome = searched
+    trial = outcome.report.front[0]
+    entries = sorted((tmp / "cache" / "latency").glob("*.json"))
+    saved = {path: path.read_text() for path in entries}
+    try:
+        for path in entries:
+            stats = json.loads(saved[path])
+            path.write_text(json.dumps({k: v * 1e4 if k.endswith("_ms") and isinstance(v, float) else v
+                                        for k, v in stats.items()}))
+        again = run(_cfg(tmp, "mode=reproduce", f"reproduce.trial={trial.trial}"), tmp / "repro-fresh")
+    finally:
+        for path, text in saved.items():
+            path.write_text(text)
+    assert entries and again.now["latency_ms"] < 100 * again.logged["latency_ms"]
+    assert "not cached" in again.table()
 
 
 def test_selector_runs_the_most_accurate_model_within_budget(searched):
