@@ -18,6 +18,6 @@ def load(size: int = 32, val_fraction: float = 0.2, test_fraction: float = 0.2, 
     x = (x - 0.5) / 0.5
     y = torch.tensor(digits.target, dtype=torch.long)
     # resizing is linear, so dividing by 16 before or after it is the same: raw = grey levels 0-16 at size x size
-    raw = (f"grey levels 0-16 of an 8x8 load_digits image (white 0), resized bilinearly to {size}x{size}: "
+    raw = (f"grey levels 0-16 of an 8x8 load_digits image (0: no ink), resized bilinearly to {size}x{size}: "
            f"float32 [N, 1, {size}, {size}]")
     return stratified_splits(x, y, val_fraction, test_fraction, seed, Preprocessing(raw, 16.0, (0.5,), (0.5,)))
