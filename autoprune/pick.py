@@ -117,6 +117,7 @@ def run_pick(cfg: DictConfig) -> PickOutcome:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = tracker.download(chosen.run_id, "model.onnx", Path(tmp))
+            shutil.copyfile(onnx_file, staged)   # before any registry write
             if chosen.test_accuracy is None:   # outside the front: never scored on test during the search
                 chosen = _score_on_test(study, tracker, chosen, onnx_file, splits)
             card = _card(study, tracker, data, chosen, rule, onnx_file, splits)
@@ -127,7 +128,6 @@ def run_pick(cfg: DictConfig) -> PickOutcome:
                 example = splits.val_inputs(N_EXAMPLES).numpy()
                 model_id = tracker.log_deploy_model(chosen.run_id, onnx_file, example, card.metadata())
                 version = tracker.register(model_id, name, p.alias, card.tags(), card.description())
-            shutil.copyfile(onnx_file, staged)
         os.replace(staged, export)
     finally:
         staged.unlink(missing_ok=True)
