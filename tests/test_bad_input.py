@@ -282,7 +282,7 @@ CASES = [
     case("reproduce", expect=("reproduce needs a trial number", "reproduce.trial=<N>"),
          id="reproduce-without-a-trial-number"),
     case("reproduce", "reproduce.trial=7", setup=study_with_one_trial,
-         expect=("trial 7 of study 'done' did not complete", "set reproduce.trial to one of them"),
+         expect=("study 'done' has no trial 7; completed trials: [0]", "set reproduce.trial to one of them"),
          id="reproduce-trial-that-does-not-exist", slow=True),
     case("pick", "search.study_name=nope", setup=study_with_one_trial,
          expect=("no study 'nope'", "set search.study_name to one of ['done']"), id="pick-unknown-study-name",
