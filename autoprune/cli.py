@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -65,8 +66,11 @@ def run(cfg: DictConfig | AppConfig, output_dir: Path):
         from autoprune.pick import run_pick
 
         outcome = run_pick(cfg)
-        print(f"registered {outcome.model_name} version {outcome.version} with alias '{outcome.alias}' "
-              f"(trial {outcome.chosen.trial}); ONNX exported to {outcome.onnx_path}")
+        done = "reused" if outcome.reused else "registered"
+        print(f"{done} {outcome.model_name} version {outcome.version} with alias '{outcome.alias}' "
+              f"(trial {outcome.chosen.trial}); ONNX exported to {outcome.onnx_path}\n"
+              f"serve it: PATH=.venv/bin:$PATH MLFLOW_TRACKING_URI={cfg.tracking.uri} "
+              f"mlflow models serve -m 'models:/{outcome.model_name}@{outcome.alias}' --env-manager local -p 5001")
         return outcome
     if cfg.mode == "reproduce":
         from autoprune.reproduce import run_reproduce
@@ -97,15 +101,36 @@ def run(cfg: DictConfig | AppConfig, output_dir: Path):
 def _hydra_main(cfg: DictConfig) -> None:
     _quiet_libraries()
     interrupts.install()  # Ctrl-C, `kill`, `docker stop`: end at a point where the open trial and runs can be closed
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run(cfg, output_dir)
     except AutopruneError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)
+        remove_if_nothing_of_value(output_dir)
         sys.exit(2)
     except KeyboardInterrupt:
         resume = ": finished trials are kept; run the same command again to resume" if cfg.mode == "search" else ""
         print(f"autoprune: interrupted{resume}", file=sys.stderr)
         sys.exit(130)
+
+
+def remove_if_nothing_of_value(output_dir: Path) -> None:
+    """After a refused invocation: the Hydra run folder goes when it holds only what Hydra writes itself
+    (`.hydra/` and the job's log; the error was printed), and so do the `outputs/<date>/` folders it leaves
+    empty, up to the working directory. A folder holding anything else (a report, a trial's files) stays."""
+    output_dir = Path(output_dir).resolve()
+    if not output_dir.is_dir() or any(e.name != ".hydra" and not (e.is_file() and e.suffix == ".log")
+                                      for e in output_dir.iterdir()):
+        return
+    shutil.rmtree(output_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in output_dir.parents:
+        if parent == cwd or cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()   # only when empty
+        except OSError:
+            break
 
 
 def _check_writable_cwd(args: list[str]) -> None:

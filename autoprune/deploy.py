@@ -95,3 +95,21 @@ class ParetoSelector:
         model = self.select(budget_ms)
         session = self.sessions[model.name]
         return session.run(None, {session.get_inputs()[0].name: np.asarray(x, dtype=np.float32)})[0], model
+
+
+def onnx_accuracy(onnx_path: str | Path, data, batch_size: int = 256) -> float:
+    """Top-1 accuracy in [0, 1] of an ONNX model on a dataset of (input, label) items, run with ONNX Runtime
+    (CPU): the deployed artifact itself is scored, not the PyTorch model it was exported from."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    correct = total = 0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        logits = session.run(None, {name: x.numpy()})[0]
+        correct += int((torch.from_numpy(logits).argmax(dim=1) == y).sum())
+        total += len(y)
+    if total == 0:
+        raise ConfigError("the test split is empty: the task's data factory must return a non-empty test split")
+    return correct / total

@@ -44,6 +44,8 @@ def check_overrides(args: Sequence[str], modes: Sequence[str] = ()) -> None:
             if default is _ABSENT:
                 raise ConfigError(_unknown_key(o.key_or_group, keys))
             _check_type(o, default)
+            if o.key_or_group in FRACTION_KEYS and not o.is_sweep_override():
+                check_fraction(o.key_or_group, o.value())
         _compose(list(args), hydra=True)                           # whatever else Hydra itself refuses
 
 
@@ -137,6 +139,22 @@ def _expected(default: Any) -> Optional[tuple[Callable[[Any], bool], str]]:
     if isinstance(default, (DictConfig, dict)):
         return (lambda v: isinstance(v, dict)), "a mapping"
     return None
+
+
+# Accuracy keys take fractions in [0, 1]; 97 or 2 there is a percentage (or points) written by mistake.
+FRACTION_KEYS = ("pick.min_accuracy", "search.constraints.min_accuracy", "search.constraints.max_accuracy_drop")
+
+
+def check_fraction(key: str, value: Any) -> None:
+    """ConfigError when an accuracy key's value is outside [0, 1]; a percentage gets the fraction it meant.
+    A plain function so that a typed config schema can call it for these keys too."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or 0 <= value <= 1:
+        return   # null, a fraction, or a non-number (the type check answers that)
+    if 1 < value <= 100:
+        raise ConfigError(f"{key}={value} is outside [0, 1]: accuracies are fractions, so for {value}% "
+                          f"write {key}={value / 100:g}")
+    example = "0.01 for 1 point" if key.endswith("_drop") else "0.97"
+    raise ConfigError(f"{key}={value} is outside [0, 1]: accuracies are fractions, e.g. {key}={example}")
 
 
 def _check_type(o: Override, default: Any) -> None:

@@ -3,6 +3,12 @@
 Rule: among all completed trials that meet every given constraint (latency <= pick.max_latency_ms,
 val accuracy >= pick.min_accuracy, params <= pick.max_params), take the highest validation accuracy;
 ties go to the lower latency. Selection never looks at test accuracy.
+
+What is registered: the trial's ONNX model (the file that was measured), logged once as `deploy_model`
+with a signature and an input example of real validation inputs, and its model card
+(autoprune.model_card) as version tags, description and MLmodel metadata. A model outside the Pareto
+front is scored on the test split (with ONNX Runtime) first. Picking a trial that already has a
+version of the registered model moves the alias back to that version: no duplicate.
 """
 
 from __future__ import annotations
@@ -11,16 +17,22 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+import onnx
+import optuna
 
 from autoprune.config import AppConfig
-from autoprune.errors import AutopruneError
-from autoprune.report.collect import Candidate, collect
-from autoprune.search.existing import load_existing
-from autoprune.track.mlflow_tracker import ONNX_MODEL_ID
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.model_card import RUN_TAG, STUDY_TAG, TRIAL_TAG, ModelCard, ModelInput
+from autoprune.report.collect import Candidate, ReportData, collect, record_test_accuracy
+from autoprune.search.existing import load_existing, study_config
+from autoprune.tasks import build_task
+from autoprune.tasks.data import DataSplits
+from autoprune.track import Tracker
 
 log = logging.getLogger("autoprune")
 
@@ -73,6 +85,11 @@ class PickOutcome:
     version: str
     alias: str
     onnx_path: Path
+    reused: bool = False          # the trial already had this version: the alias moved back to it
+    card: Optional[ModelCard] = None
+
+
+N_EXAMPLES = 4   # validation inputs logged as the model's input example
 
 
 def run_pick(cfg: AppConfig) -> PickOutcome:
@@ -84,7 +101,13 @@ def run_pick(cfg: AppConfig) -> PickOutcome:
     log.info("picked %s: highest val accuracy (%.2f%%) among %d of %d models meeting %s; %.3f ms (%.2fx), %s params",
              chosen.label, 100 * chosen.val_accuracy, len(feasible), len(data.trials), rule.describe(),
              chosen.latency_ms, data.baseline.latency_ms / chosen.latency_ms, f"{chosen.params:,}")
-    tags = tracker.run_tags(chosen.run_id)
+    if chosen.run_id is None:
+        raise ConfigError(f"trial {chosen.trial} has no MLflow run in experiment '{cfg.tracking.experiment}': use the "
+                          "tracking.uri and tracking.experiment the search ran with")
+    name = p.model_name or study.study_name
+    identity = {STUDY_TAG: study.study_name, TRIAL_TAG: str(chosen.trial), RUN_TAG: chosen.run_id}
+    existing = tracker.find_version(name, identity)
+    splits = _task_data(study, cfg)   # real inputs for the example; the test split for a model never scored
     export = Path(p.export).expanduser()
     export.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(export)
@@ -94,17 +117,56 @@ def run_pick(cfg: AppConfig) -> PickOutcome:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = tracker.download(chosen.run_id, "model.onnx", Path(tmp))
-            if ONNX_MODEL_ID in tags:
-                model_id = tags[ONNX_MODEL_ID]
-            else:  # not a Pareto model: log its ONNX model now (the deployed artifact; nothing is unpickled)
-                model_id = tracker.log_models(chosen.run_id, onnx_file)[ONNX_MODEL_ID]
-            shutil.copyfile(onnx_file, staged)
-        name = p.model_name or study.study_name
-        version = tracker.register(model_id, name, p.alias, {"autoprune.trial_number": str(chosen.trial)})
+            shutil.copyfile(onnx_file, staged)   # before any registry write
+            if chosen.test_accuracy is None:   # outside the front: never scored on test during the search
+                chosen = _score_on_test(study, tracker, chosen, onnx_file, splits)
+            card = _card(study, tracker, data, chosen, rule, onnx_file, splits)
+            if existing is not None:
+                tracker.update_version(name, existing, p.alias, card.tags(), card.description())
+                version = existing
+            else:
+                example = splits.val_inputs(N_EXAMPLES).numpy()
+                model_id = tracker.log_deploy_model(chosen.run_id, onnx_file, example, card.metadata())
+                version = tracker.register(model_id, name, p.alias, card.tags(), card.description())
         os.replace(staged, export)
     finally:
         staged.unlink(missing_ok=True)
-    return PickOutcome(chosen, len(feasible), name, version, p.alias, export)
+    if existing is not None:
+        log.info("trial %d is already version %s of %s: alias '%s' moved to it, nothing registered again",
+                 chosen.trial, version, name, p.alias)
+    return PickOutcome(chosen, len(feasible), name, version, p.alias, export, existing is not None, card)
+
+
+def _task_data(study: optuna.Study, cfg: AppConfig) -> DataSplits:
+    """The task's data splits, built from the study's stored config (its factories checked against the
+    allow-list first: autoprune.search.existing)."""
+    return build_task(study_config(study, cfg).task).data
+
+
+def _score_on_test(study: optuna.Study, tracker: Tracker, chosen: Candidate, onnx_file: Path,
+                   splits: DataSplits) -> Candidate:
+    from autoprune.deploy import onnx_accuracy
+
+    accuracy = onnx_accuracy(onnx_file, splits.test)
+    tracker.log(chosen.run_id, metrics={"test_accuracy": accuracy})
+    record_test_accuracy(study, chosen.trial, accuracy)
+    log.info("%s is not a Pareto model: scored on the test split before registering it: %.2f%%", chosen.label,
+             100 * accuracy)
+    return replace(chosen, test_accuracy=accuracy)
+
+
+def _card(study: optuna.Study, tracker: Tracker, data: ReportData, chosen: Candidate, rule: PickRule,
+          onnx_file: Path, splits: DataSplits) -> ModelCard:
+    from autoprune.report.mode import split_sizes
+
+    search = tracker.search_run(study.study_name)
+    params = search.data.params if search is not None else {}
+    tensor = onnx.load(str(onnx_file)).graph.input[0]
+    shape = [d.dim_value if d.dim_value > 0 else -1 for d in tensor.type.tensor_type.shape.dim]
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.type.tensor_type.elem_type)).name
+    return ModelCard(study.study_name, chosen, data.baseline, rule.describe(), split_sizes(study),
+                     params.get("hw", "unknown"), params.get("hw_digest", "unknown"), data.fingerprint,
+                     ModelInput(tensor.name, shape, dtype), splits.preprocessing)
 
 
 def _remove_stale_staging(export: Path) -> None:

@@ -3,7 +3,7 @@ interpreter that has the imports loaded, see forked_cli.py), one case per mistak
 
 Every case must end the same way: exit status 2, exactly one `autoprune: error: ...` line on stderr
 that says what is wrong and names the fix, no traceback, and nothing half-written (no Optuna study,
-no MLflow run, no baseline in the cache, no temporary file). Hydra's own `outputs/` logs are fine.
+no MLflow run, no baseline in the cache, no temporary file, no `outputs/<date>/<time>/` folder).
 """
 
 from __future__ import annotations
@@ -141,10 +141,18 @@ CASES = [
          env={"PYTHONPATH": "{tmp}/no_nni"}, id="nni-not-installed"),
     case("search.objectives=[val_accuracy,speed]", expect=("unknown search.objectives ['speed']", "choose from"),
          id="unknown-objective"),
-    case("search.constraints.min_accuracy=1.5", expect=("min_accuracy=1.5 is outside [0, 1]", "=0.95"),
+    case("search.constraints.min_accuracy=1.5", expect=("min_accuracy=1.5 is outside [0, 1]", "=0.015"),
          id="constraint-out-of-range"),
-    case("search.constraints.max_accuracy_drop=5", expect=("max_accuracy_drop=5 is outside [0, 1]", "=0.01 for 1 point"),
+    case("search.constraints.min_accuracy=97", expect=("min_accuracy=97 is outside [0, 1]",
+                                                       "for 97% write search.constraints.min_accuracy=0.97"),
+         id="constraint-accuracy-as-percent"),
+    case("search.constraints.max_accuracy_drop=5", expect=("max_accuracy_drop=5 is outside [0, 1]",
+                                                           "write search.constraints.max_accuracy_drop=0.05"),
          id="accuracy-drop-out-of-range"),
+    case("search.constraints.max_accuracy_drop=-0.1", expect=("max_accuracy_drop=-0.1 is outside [0, 1]", "=0.01 for 1 point"),
+         id="accuracy-drop-negative"),
+    case("pick", "pick.min_accuracy=97", expect=("pick.min_accuracy=97 is outside [0, 1]",
+                                                 "write pick.min_accuracy=0.97"), id="pick-accuracy-as-percent"),
     case("search.warm_start=[1.5]", expect=("search.warm_start ratio 1.5 is outside [0, 1)", "[0.25,0.5]"),
          id="warm-start-ratio-out-of-range"),
     case("search.resume=maybe", expect=("unknown search.resume 'maybe'", "use auto", "or force"), id="unknown-resume-mode"),
@@ -274,7 +282,7 @@ CASES = [
     case("reproduce", expect=("reproduce needs a trial number", "reproduce.trial=<N>"),
          id="reproduce-without-a-trial-number"),
     case("reproduce", "reproduce.trial=7", setup=study_with_one_trial,
-         expect=("trial 7 of study 'done' did not complete", "set reproduce.trial to one of them"),
+         expect=("study 'done' has no trial 7; completed trials: [0]", "set reproduce.trial to one of them"),
          id="reproduce-trial-that-does-not-exist", slow=True),
     case("pick", "search.study_name=nope", setup=study_with_one_trial,
          expect=("no study 'nope'", "set search.study_name to one of ['done']"), id="pick-unknown-study-name",
@@ -325,6 +333,7 @@ def assert_nothing_half_written(tmp: Path, studies: tuple[str, ...] = ()) -> Non
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             assert "runs" not in tables or db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
     cache = tmp / "cache"
+    assert not (tmp / "outputs").exists(), sorted((tmp / "outputs").rglob("*"))
     assert not list(cache.rglob("*.tmp")), sorted(cache.rglob("*"))
     assert not list((cache / "baselines").glob("*")), "a baseline was trained before the mistake was found"
 

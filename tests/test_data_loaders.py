@@ -57,6 +57,9 @@ def test_cifar_loads_normalised_images_and_a_fixed_split(cifar_root):
     expected = (raw[b"data"][0, 1024 + 2 * 32 + 5] / 255.0 - cifar10.MEAN[1]) / cifar10.STD[1]
     assert splits.test[0][0][1, 2, 5].item() == pytest.approx(expected, abs=1e-5)
     assert [int(splits.test[i][1]) for i in range(N_TEST)] == raw[b"labels"]
+    # the recorded preprocessing (what `pick` registers) turns the raw uint8 images into exactly the inputs
+    raw_test = np.asarray(raw[b"data"], np.uint8).reshape(-1, 3, 32, 32)[:N_TEST]
+    np.testing.assert_allclose(splits.preprocessing.apply(raw_test), splits.test.tensors[0].numpy(), atol=1e-5)
     x, y = splits.train.tensors
     index = (x[:, 0, 0, 0] * cifar10.STD[0] + cifar10.MEAN[0]) * 255
     assert torch.equal(y, torch.tensor([round(float(v)) % 10 for v in index]))  # labels follow their images

@@ -57,9 +57,120 @@ def test_pick_chooses_by_the_documented_rule_and_registers_it(searched):
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     version = client.get_model_version_by_alias("digits-small", "deploy")
     assert str(version.version) == picked.version and version.tags["autoprune.trial_number"] == str(expected.trial)
+    assert not picked.reused
     session = ort.InferenceSession(str(export), providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 1, 16, 16), np.float32)})[0]
     assert out.shape == (1, 10)
+
+
+def _digits_splits():
+    from autoprune.tasks.digits import load
+
+    return load(size=16)   # the FAST task's data (conftest.FAST: task.data.size=16)
+
+
+def test_pick_registers_what_a_deployer_needs(searched):
+    import json
+
+    import mlflow
+    import torch
+    import torch.nn.functional as F
+    from mlflow.models import Model
+    from sklearn.datasets import load_digits
+
+    from autoprune import Preprocessing
+
+    tmp, outcome = searched
+    picked = run(_cfg(tmp, "mode=pick", "pick.model_name=digits-card", f"pick.export={tmp / 'card.onnx'}"), tmp / "pc")
+    chosen, base = picked.chosen, outcome.report.baseline
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    version = client.get_model_version("digits-card", picked.version)
+    tags = version.tags
+    assert float(tags["autoprune.val_accuracy"]) == pytest.approx(chosen.val_accuracy, abs=1e-5)
+    assert float(tags["autoprune.test_accuracy"]) == pytest.approx(chosen.test_accuracy, abs=1e-5)
+    low, high = json.loads(tags["autoprune.test_accuracy_ci95"])
+    assert low <= chosen.test_accuracy <= high and high - low > 0
+    assert float(tags["autoprune.latency_ms"]) == pytest.approx(chosen.latency_ms, rel=1e-5)
+    assert float(tags["autoprune.latency_p90_ms"]) == pytest.approx(chosen.latency_p90_ms, rel=1e-5)
+    assert float(tags["autoprune.baseline.latency_ms"]) == pytest.approx(base.latency_ms, rel=1e-5)
+    assert float(tags["autoprune.baseline.val_accuracy"]) == pytest.approx(base.val_accuracy, abs=1e-5)
+    assert tags["autoprune.hw_profile"] == "fast-cpu" and len(tags["autoprune.hw_digest"]) >= 8
+    assert json.loads(tags["autoprune.hw_fingerprint"])["runtime"] == "onnxruntime"
+    assert tags["autoprune.pick_rule"] == "no constraint"
+    assert tags["autoprune.study"] == outcome.report.study_name and tags["autoprune.trial_number"] == str(chosen.trial)
+    assert f"Trial #{chosen.trial}" in version.description and "(raw / 16" in version.description
+    # the logged model: real validation inputs as its example, the card in its MLmodel metadata
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/digits-card/{picked.version}",
+                                                dst_path=str(tmp / "card-model"))
+    model = Model.load(local)
+    example = np.asarray(model.load_input_example(local))
+    splits = _digits_splits()
+    assert np.array_equal(example, splits.val_inputs(4).numpy())
+    assert list(model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 16, 16]
+    card = model.metadata["autoprune"]
+    assert card["trial"] == chosen.trial and card["input"] == {"name": "input", "shape": [-1, 1, 16, 16],
+                                                               "dtype": "float32"}
+    # the recorded preprocessing turns raw digits (grey levels 0-16, resized) into exactly what the model takes
+    prep = Preprocessing(**json.loads(tags["autoprune.preprocessing"]))
+    raw = F.interpolate(torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1), size=(16, 16),
+                        mode="bilinear", align_corners=False).numpy()
+    made = prep.apply(raw).reshape(len(raw), -1)
+    distance = np.abs(made[None, :, :] - example.reshape(len(example), 1, -1)).max(axis=2).min(axis=1)
+    assert distance.max() < 1e-5   # each example is one raw image, preprocessed
+
+
+def test_repicking_the_same_trial_reuses_its_version(searched):
+    tmp, outcome = searched
+    args = ("mode=pick", "pick.model_name=digits-again", f"pick.export={tmp / 'again.onnx'}")
+    first = run(_cfg(tmp, *args), tmp / "again1")
+    fastest = min(outcome.report.trials, key=lambda c: c.latency_ms)
+    moved = run(_cfg(tmp, *args, f"pick.max_latency_ms={fastest.latency_ms}"), tmp / "again2")  # alias elsewhere
+    second = run(_cfg(tmp, *args), tmp / "again3")
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'digits-again'")
+    assert second.reused and second.version == first.version and second.chosen.trial == first.chosen.trial
+    assert len(versions) == len({first.chosen.trial, moved.chosen.trial})
+    assert str(client.get_model_version_by_alias("digits-again", "deploy").version) == first.version
+
+
+@pytest.fixture(scope="module")
+def off_front(searched):
+    """A study whose every trial breaks a search constraint: nothing is on its front, nothing was scored on test."""
+    tmp, _ = searched
+    cfg = _cfg(tmp, f"search.storage=sqlite:///{tmp / 'off.db'}", "search.n_trials=1", "search.warm_start=[0.5]",
+               "search.constraints.max_params=1")
+    return tmp, run(cfg, tmp / "off-search")
+
+
+def test_a_pick_outside_the_front_is_scored_on_test_before_it_is_registered(off_front):
+    import optuna
+
+    tmp, outcome = off_front
+    assert not outcome.report.front and outcome.report.trials[0].test_accuracy is None
+    picked = run(_cfg(tmp, f"search.storage=sqlite:///{tmp / 'off.db'}", "mode=pick", "pick.model_name=digits-off",
+                      f"pick.export={tmp / 'off.onnx'}"), tmp / "off-pick")
+    splits = _digits_splits()
+    session = ort.InferenceSession(str(tmp / "off.onnx"), providers=["CPUExecutionProvider"])
+    x, y = splits.test.tensors
+    expected = float((session.run(None, {"input": x.numpy()})[0].argmax(axis=1) == y.numpy()).mean())
+    assert picked.chosen.test_accuracy == pytest.approx(expected, abs=1e-9)
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    assert client.get_run(picked.chosen.run_id).data.metrics["test_accuracy"] == pytest.approx(expected, abs=1e-6)
+    tags = client.get_model_version("digits-off", picked.version).tags
+    assert float(tags["autoprune.test_accuracy"]) == pytest.approx(expected, abs=1e-5)
+    study = optuna.load_study(study_name=outcome.report.study_name, storage=f"sqlite:///{tmp / 'off.db'}")
+    assert study.user_attrs[f"test_accuracy.{picked.chosen.trial}"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_pareto_models_test_accuracy_is_in_the_study_user_attrs(searched):
+    import optuna
+
+    tmp, outcome = searched
+    study = optuna.load_study(study_name=outcome.report.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    assert outcome.report.front
+    for c in outcome.report.front:
+        assert study.user_attrs[f"test_accuracy.{c.trial}"] == pytest.approx(c.test_accuracy, abs=1e-9)
 
 
 def test_pick_without_feasible_model_lists_the_nearest(searched):
@@ -79,8 +190,29 @@ def test_reproduce_gives_the_same_architecture_and_accuracy(searched):
 
 def test_reproduce_rejects_unknown_trial(searched):
     tmp, _ = searched
-    with pytest.raises(AutopruneError, match="did not complete; completed trials"):
+    with pytest.raises(AutopruneError, match=r"has no trial 999; completed trials: \[[0-9, ]+\]: set reproduce"):
         run(_cfg(tmp, "mode=reproduce", "reproduce.trial=999"), tmp / "repro2")
+
+
+def test_reproduce_measures_now_instead_of_reading_the_latency_cache(searched):
+    """Every cached latency is made 10,000 times slower: a reproduction that read the cache would say so."""
+    import json
+
+    tmp, outcome = searched
+    trial = outcome.report.front[0]
+    entries = sorted((tmp / "cache" / "latency").glob("*.json"))
+    saved = {path: path.read_text() for path in entries}
+    try:
+        for path in entries:
+            stats = json.loads(saved[path])
+            path.write_text(json.dumps({k: v * 1e4 if k.endswith("_ms") and isinstance(v, float) else v
+                                        for k, v in stats.items()}))
+        again = run(_cfg(tmp, "mode=reproduce", f"reproduce.trial={trial.trial}"), tmp / "repro-fresh")
+    finally:
+        for path, text in saved.items():
+            path.write_text(text)
+    assert entries and again.now["latency_ms"] < 100 * again.logged["latency_ms"]
+    assert "not cached" in again.table()
 
 
 def test_selector_runs_the_most_accurate_model_within_budget(searched):

@@ -65,3 +65,18 @@ def test_upper_plan_of_a_prior_space():
     assert space.has_group_ranges and not build_space({}, GROUPS).has_group_ranges
     plan = space.upper()
     assert plan.ratio("stem.0") == 0.3 and plan.ratio("layers.2.0.conv2") == 0.6 and plan.ratio("layers.1.0.conv1") == 0.85
+
+
+def test_suggested_ratios_carry_no_float_noise():
+    """Optuna's stepped floats come back as 0.7000000000000001 and the like: the plan holds the grid value."""
+    space = build_space({"ratio": {"low": 0.0, "high": 0.9, "step": 0.1}}, GROUPS)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    grid = {round(0.1 * k, 10) for k in range(10)}
+    noisy = 0
+    for _ in range(40):
+        trial = study.ask()
+        plan = space.suggest(trial)
+        noisy += any(v != round(v, 10) for v in trial.params.values() if isinstance(v, float))
+        assert {plan.ratio(g) for g in GROUPS} <= grid and all(repr(plan.ratio(g)) == str(round(plan.ratio(g), 10))
+                                                                for g in GROUPS)
+    assert noisy, "Optuna gave no noisy value to round: the test shows nothing"

@@ -56,6 +56,15 @@ class ReportData:
         return [c for c in self.trials if c.trial not in on_front]
 
 
+TEST_ACCURACY_ATTR = "test_accuracy."   # + trial number: a study user attribute (a finished trial's are frozen)
+
+
+def record_test_accuracy(study: optuna.Study, number: int, accuracy: float) -> None:
+    """Put a trial's test accuracy in Optuna too (optuna-dashboard, plain Optuna scripts). Optuna refuses
+    user attributes on finished trials, so it is the study's attribute `test_accuracy.<trial number>`."""
+    study.set_user_attr(f"{TEST_ACCURACY_ATTR}{number}", float(accuracy))
+
+
 def baseline_run(tracker: Tracker, study_name: str):
     run = tracker.baseline_run(study_name)
     if run is None:

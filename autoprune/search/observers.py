@@ -32,6 +32,7 @@ from autoprune.plan import PrunePlan
 from autoprune.prune import PrunableGroup
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, write_report
+from autoprune.report.collect import record_test_accuracy
 from autoprune.report.recommend import SplitSizes
 from autoprune.search.loop import (COMPLETE, FAILED, INTERRUPTED, LOST, PRUNED, BaseObserver, Budget, TrialOutcome,
                                    one_line)
@@ -230,7 +231,7 @@ class ReportObserver(BaseObserver):
             if not on_front or run.info.status != "FINISHED" or "autoprune.logging_error" in run.data.tags:
                 continue
             try:
-                self._finish_pareto_model(run, PrunePlan.from_dict(front[number].user_attrs["plan"]))
+                self._finish_pareto_model(study, run, PrunePlan.from_dict(front[number].user_attrs["plan"]))
             except Exception as exc:  # MLflow trouble: the model keeps its Optuna record and report row
                 log.warning("Pareto model #%d: test accuracy / MLflow models skipped (%s)", number, one_line(exc))
         data = collect(study, self.tracker, self.max_drop)
@@ -243,7 +244,7 @@ class ReportObserver(BaseObserver):
             guarded("pareto size", lambda: self.tracker.log(parent, metrics={"pareto_size": len(data.front)}))
         self.report, self.files = data, files
 
-    def _finish_pareto_model(self, run, plan: PrunePlan) -> None:
+    def _finish_pareto_model(self, study: optuna.Study, run, plan: PrunePlan) -> None:
         """Test accuracy (evaluated once) and MLflow models (logged once) of a Pareto trial's run. The
         model is rebuilt from the baseline and the trial's plan (from Optuna) with the logged weights
         loaded weights-only: nothing read back from the artifact store is executed."""
@@ -254,9 +255,11 @@ class ReportObserver(BaseObserver):
             onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
             model = self.evaluator.rebuild(plan, self.tracker.download(run_id, "model.pt", Path(tmp)))
             if "test_accuracy" not in run.data.metrics:
-                self.tracker.log(run_id, metrics={"test_accuracy": evaluate(model, self.data.test)})
+                accuracy = evaluate(model, self.data.test)
+                self.tracker.log(run_id, metrics={"test_accuracy": accuracy})
+                record_test_accuracy(study, int(run.data.tags[TRIAL_NUMBER]), accuracy)
             if ONNX_MODEL_ID not in run.data.tags:
-                self.tracker.log_models(run_id, onnx_file, model)
+                self.tracker.log_models(run_id, onnx_file, model, example=self.data.val_inputs(4).numpy())
 
 
 __all__ = ["HeartbeatObserver", "MlflowObserver", "MlflowProgressObserver", "ProgressObserver", "ReportObserver", "front_hypervolume",

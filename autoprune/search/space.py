@@ -121,7 +121,8 @@ class SearchSpace:
     def suggest(self, trial: optuna.trial.BaseTrial) -> PrunePlan:
         groups = {}
         for d in self.dimensions:
-            ratio = trial.suggest_float(d.param, d.range.low, d.range.high, step=d.range.step)
+            # on the grid without float noise (Optuna's 0.7000000000000001 is 0.7 in the plan, MLflow, the report)
+            ratio = d.range.snap(trial.suggest_float(d.param, d.range.low, d.range.high, step=d.range.step))
             pattern = (trial.suggest_categorical(d.pattern_param, list(d.patterns))
                        if len(d.patterns) > 1 else d.patterns[0])
             groups.update({g: self._group_plan(ratio, pattern) for g in d.groups})

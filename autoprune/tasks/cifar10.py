@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from autoprune.errors import ConfigError
-from autoprune.tasks.data import DataSplits
+from autoprune.tasks.data import DataSplits, Preprocessing
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -104,4 +104,6 @@ def load(root: Union[str, Path], val_fraction: float = 0.1, seed: int = 0, limit
     n_val = min(len(y) - 1, max(1, round(len(y) * val_fraction)))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     val, train = order[:n_val], order[n_val:]
-    return DataSplits(TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(x_test, y_test))
+    raw = Preprocessing("RGB pixel values 0-255, channels first: [N, 3, 32, 32]", 255.0, MEAN, STD)
+    return DataSplits(TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(x_test, y_test),
+                      raw)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -13,14 +14,46 @@ from autoprune.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """How a raw input becomes what the model takes, as the task defines it (recorded with a deployed model):
+    `model_input = (raw / scale - mean) / std`, mean and std per channel (dimension 1 of a batch).
+    `mean` None: the raw input is passed as it is (token ids, signals the data set already standardises)."""
+
+    raw: str                                  # what a raw input is, in words
+    scale: float = 1.0
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """A batch of raw inputs [N, C, ...] as the model takes them (float32); unchanged when `mean` is None."""
+        raw = np.asarray(raw)
+        if self.mean is None:
+            return raw
+        shape = (1, len(self.mean)) + (1,) * (raw.ndim - 2)
+        mean = np.asarray(self.mean, np.float32).reshape(shape)
+        std = np.asarray(self.std, np.float32).reshape(shape)
+        return ((raw.astype(np.float32) / np.float32(self.scale) - mean) / std).astype(np.float32)
+
+    def formula(self) -> str:
+        if self.mean is None:
+            return "model input = raw input (no normalisation)"
+        return f"model input = (raw / {self.scale:g} - mean {list(self.mean)}) / std {list(self.std)}, per channel"
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
 class DataSplits:
     """Fixed train / val / test splits. Each item of each split is `(input_tensor, int_label)`.
 
-    Selection (search) uses `val`; `test` is only used once for the final Pareto models."""
+    Selection (search) uses `val`; `test` is only used once for the final Pareto models. `preprocessing`
+    (optional) says how a raw input becomes an item's input tensor: `pick` records it with the model."""
 
     train: Dataset
     val: Dataset
     test: Dataset
+    preprocessing: Optional[Preprocessing] = None
 
     @classmethod
     def coerce(cls, value, factory: str) -> "DataSplits":
@@ -32,6 +65,10 @@ class DataSplits:
         raise ConfigError(f"data factory {factory} returned {type(value).__name__}: "
                           "return autoprune.DataSplits(train, val, test) or a (train, val, test) tuple")
 
+    def val_inputs(self, n: int) -> torch.Tensor:
+        """The first `n` validation inputs stacked (real data: a logged model's input example)."""
+        return torch.stack([self.val[i][0] for i in range(min(n, len(self.val)))])
+
     def example_batch(self, batch_size: int) -> torch.Tensor:
         """The first `batch_size` training inputs stacked: real data with the right shape and dtype
         (float images, int64 token ids...), used for tracing, export and timing."""
@@ -42,7 +79,7 @@ class DataSplits:
 
 
 def stratified_splits(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float,
-                      seed: int) -> DataSplits:
+                      seed: int, preprocessing: Optional[Preprocessing] = None) -> DataSplits:
     """Fixed, class-stratified train / val / test splits of in-memory tensors (same seed, same splits)."""
     labels = y.numpy()
     index = np.arange(len(labels))
@@ -50,4 +87,4 @@ def stratified_splits(x: torch.Tensor, y: torch.Tensor, val_fraction: float, tes
     train, val = train_test_split(rest, test_size=val_fraction / (1.0 - test_fraction), stratify=labels[rest],
                                   random_state=seed)
     part = lambda idx: TensorDataset(x[idx], y[idx])  # noqa: E731
-    return DataSplits(part(train), part(val), part(test))
+    return DataSplits(part(train), part(val), part(test), preprocessing)

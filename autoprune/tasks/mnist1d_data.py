@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from autoprune.errors import ConfigError
-from autoprune.tasks.data import DataSplits, stratified_splits
+from autoprune.tasks.data import DataSplits, Preprocessing, stratified_splits
 
 
 def _generate(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,4 +45,6 @@ def load(num_samples: int = 4000, seed: int = 0, val_fraction: float = 0.2, test
     xs, ys = _generate(int(num_samples), int(seed))
     x = torch.tensor(xs, dtype=torch.float32).unsqueeze(1)  # [N, 1, 40]
     y = torch.tensor(ys, dtype=torch.long)                  # [N]
-    return stratified_splits(x, y, val_fraction, test_fraction, seed)
+    raw = Preprocessing("MNIST-1D signals as mnist1d.data.make_dataset returns them (already standardised): "
+                        "float32 [N, 1, 40]")
+    return stratified_splits(x, y, val_fraction, test_fraction, seed, raw)

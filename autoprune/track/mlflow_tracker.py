@@ -156,6 +156,7 @@ FAIL_REASON = "autoprune.fail_reason"
 LOGGING_ERROR = "autoprune.logging_error"
 ONNX_MODEL_ID = "autoprune.onnx_model_id"
 TORCH_MODEL_ID = "autoprune.pytorch_model_id"
+DEPLOY_MODEL_ID = "autoprune.deploy_model_id"   # the ONNX model `pick` logged with its model card
 
 
 @dataclass(frozen=True)
@@ -313,14 +314,39 @@ class Tracker:
                          **tags)
         return next((r for r in runs if {"val_accuracy", "latency_ms"} <= r.data.metrics.keys()), None)
 
-    def register(self, model_id: str, name: str, alias: str, tags: dict) -> str:
+    def search_run(self, study: str):
+        """The latest parent run of a study's searches (params hw, hw_digest ...), or None."""
+        tags = {ROLE: "search", STUDY: study}
+        runs = _matching(self._search(_where(**tags), order_by=["attributes.start_time DESC"], max_results=1000),
+                         **tags)
+        return runs[0] if runs else None
+
+    def register(self, model_id: str, name: str, alias: str, tags: dict, description: Optional[str] = None) -> str:
         """Register a logged model as a new version of `name` and point `alias` at it; returns the version."""
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        version = _call(mlflow.register_model, f"models:/{model_id}", name, tags=tags).version
+        version = str(_call(mlflow.register_model, f"models:/{model_id}", name, tags=tags).version)
+        if description:
+            _call(self.client.update_model_version, name, version, description)
         _call(self.client.set_registered_model_alias, name, alias, version)
-        return str(version)
+        return version
+
+    def find_version(self, name: str, tags: dict) -> Optional[str]:
+        """The lowest version of registered model `name` carrying every tag in `tags`, or None."""
+        try:
+            versions = _call(self.client.search_model_versions, f"name = {_quote(name)}")
+        except TrackingError:  # no such registered model yet
+            return None
+        found = [int(v.version) for v in versions if all(v.tags.get(k) == str(t) for k, t in tags.items())]
+        return str(min(found)) if found else None
+
+    def update_version(self, name: str, version: str, alias: str, tags: dict, description: str) -> None:
+        """Refresh an existing version's tags and description and point `alias` at it."""
+        for key, value in tags.items():
+            _call(self.client.set_model_version_tag, name, version, key, str(value))
+        _call(self.client.update_model_version, name, version, description)
+        _call(self.client.set_registered_model_alias, name, alias, version)
 
     # -- reconciliation -------------------------------------------------------------------------
     def reconcile(self, study: str, records: Iterable[TrialRecord]) -> Reconciled:
@@ -398,11 +424,12 @@ class Tracker:
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.uri}"
 
-    def log_models(self, run_id: str, onnx_file: Path, model=None) -> dict[str, str]:
+    def log_models(self, run_id: str, onnx_file: Path, model=None, example=None) -> dict[str, str]:
         """Log a trial's model as MLflow models (ONNX, and PyTorch when `model` is given, with signature and
         input example); their model ids are tagged on the run. `model` is the nn.Module in memory (rebuilt
         from the baseline, the plan and weights-only loading); without it only the ONNX model is logged,
-        its signature taken from ONNX Runtime. Returns the tags."""
+        its signature taken from ONNX Runtime. `example`: a few real inputs (numpy, batch first); without
+        it a seeded random one of the ONNX input's shape. Returns the tags."""
         import logging as _logging
         import warnings
 
@@ -419,8 +446,12 @@ class Tracker:
         tensor = proto.graph.input[0].type.tensor_type
         shape = [d.dim_value if d.dim_value > 0 else 1 for d in tensor.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        example = (np.random.default_rng(0).standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
-                   else np.zeros(shape, dtype=dtype))  # token ids and other integer inputs: valid zeros
+        if example is not None:
+            example = np.asarray(example, dtype=dtype)
+        elif np.issubdtype(dtype, np.floating):
+            example = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+        else:
+            example = np.zeros(shape, dtype=dtype)  # token ids and other integer inputs: valid zeros
         if model is not None:
             with torch.no_grad():
                 signature = infer_signature(example, model.eval()(torch.from_numpy(example)).numpy())
@@ -443,3 +474,31 @@ class Tracker:
                 tags[TORCH_MODEL_ID] = torch_info.model_id
         self.log(run_id, tags=tags)
         return tags
+
+    def log_deploy_model(self, run_id: str, onnx_file: Path, example, metadata: dict) -> str:
+        """Log the ONNX model `pick` registers: real input example, signature from ONNX Runtime's outputs on
+        it, `metadata` (the model card) in its MLmodel file; its id is tagged on the run. Returns the id."""
+        import logging as _logging
+        import warnings
+
+        import mlflow
+        import mlflow.onnx
+        import numpy as np
+        import onnx
+        import onnxruntime
+        from mlflow.models import infer_signature
+
+        proto = onnx.load(str(onnx_file))
+        session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        example = np.asarray(example, dtype=onnx.helper.tensor_dtype_to_np_dtype(
+            proto.graph.input[0].type.tensor_type.elem_type))
+        signature = infer_signature(example, session.run(None, {session.get_inputs()[0].name: example})[0])
+        mlflow.set_tracking_uri(self.uri)
+        _logging.getLogger("mlflow").setLevel(_logging.ERROR)
+        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+            warnings.simplefilter("ignore")
+            info = mlflow.onnx.log_model(proto, name="deploy_model", signature=signature, input_example=example,
+                                         onnx_execution_providers=["CPUExecutionProvider"], metadata=metadata,
+                                         pip_requirements=[f"onnxruntime=={onnxruntime.__version__}"])
+        self.log(run_id, tags={DEPLOY_MODEL_ID: info.model_id})
+        return info.model_id
