@@ -257,6 +257,56 @@ class LatencyTable:
         return table
 
 
+def _out_size(size: int, kernel: int, stride: int, padding, dilation: int) -> int:
+    if padding == "same":
+        return size
+    pad = 0 if padding == "valid" else int(padding)
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def layer_macs(spec: LayerSpec) -> float:
+    """Multiply-adds of the layer at its unpruned widths."""
+    if spec.kind == "linear":
+        return float(math.prod(spec.input_shape[:-1]) * spec.in_channels * spec.out_channels)
+    c = spec.conv
+    spatial = [_out_size(size, c["kernel_size"][i], c["stride"][i],
+                         c["padding"] if isinstance(c["padding"], str) else c["padding"][i], c["dilation"][i])
+               for i, size in enumerate(spec.input_shape[2:])]
+    return float(spec.input_shape[0] * spec.out_channels * (spec.in_channels // c["groups"])
+                 * math.prod(c["kernel_size"]) * math.prod(spatial))
+
+
+@dataclass
+class MacsModel:
+    """A latency model without measurements: the summed multiply-adds (millions) of the Conv / Linear layers
+    at given group widths. What allocation uses when no calibrated table is given; same interface as
+    LatencyTable's (`groups`, `round_to`, `predict_widths`, `group_widths`)."""
+
+    groups: dict[str, int]
+    layers: list[LayerSpec]
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        self._macs = {s.name: layer_macs(s) for s in self.layers}
+
+    def group_widths(self, plan: PrunePlan) -> dict[str, int]:
+        return {g: kept_channels(ch, plan.ratio(g), self.round_to) for g, ch in self.groups.items()}
+
+    def predict_widths(self, group_widths: Mapping[str, int]) -> float:
+        unknown = sorted(set(group_widths) - set(self.groups))
+        if unknown:
+            raise MeasurementError(f"the MACs model does not know group(s) {unknown}: it was built for another model")
+        total = 0.0
+        for s in self.layers:
+            c_in, c_out = s.widths(dict(group_widths))
+            share = c_out / s.out_channels if s.depthwise else (c_in * c_out) / (s.in_channels * s.out_channels)
+            total += self._macs[s.name] * share
+        return total / 1e6
+
+    def predict_plan(self, plan: PrunePlan) -> float:
+        return self.predict_widths(self.group_widths(plan))
+
+
 # --------------------------------------------------------------------------------------------------
 # Building and checking
 @dataclass(frozen=True)

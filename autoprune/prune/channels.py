@@ -399,6 +399,16 @@ class ChannelPruner:
             self._check_runs(model, list(removed))
         return removed
 
+    def channel_scores(self, model: nn.Module, importance: str = "l2",
+                       stats: Optional[GradientStats] = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance of every group at its current width, by group name: what `apply` ranks
+        channels by (the lowest go first). Gradient criteria need `stats`."""
+        graph, groups, _ = self._graph(model)
+        criterion = make_importance(importance, model, stats)
+        with torch.no_grad():
+            return {g.name: self._scores(graph, model, g, criterion, importance, stats).detach().float()
+                    for g in groups}
+
     def _scores(self, graph, model: nn.Module, g: _Group, importance, criterion: str,
                 stats: Optional[GradientStats]) -> torch.Tensor:
         if g.attention is not None:

@@ -148,6 +148,16 @@ class TransformerPruner:
             return (rows + cols).float()
         return (s(layer.inter).sum(1) + s(layer.out).sum(0)).float()
 
+    def channel_scores(self, model: nn.Module, importance: str = "l2",
+                       stats: Optional[GradientStats] = None) -> dict[str, torch.Tensor]:
+        """Per-head / per-neuron importance of every group, by group name: what `apply` ranks units by."""
+        if importance in CHANNEL_ONLY:
+            raise PruningError(f"importance '{importance}' does not apply to attention heads / FFN neurons: use l2, "
+                               "l1, taylor, hessian, movement or random")
+        with torch.no_grad():
+            return {g.name: self._unit_scores(model, g, layer, importance, stats).detach()
+                    for g, layer in self._named(model)}
+
     # ---------------------------------------------------------------------------------- pruning
     def _remove(self, group: PrunableGroup, layer: _Layer, idxs: Sequence[int]) -> None:
         if group.kind == "heads":

@@ -3,17 +3,21 @@ and before the search creates a study, an MLflow run or a trained baseline."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from autoprune.errors import ConfigError
 from autoprune.hw import load_profile
 from autoprune.hw.backend import check_ready
+from autoprune.hw.predictor import LatencyTable
 from autoprune.recover import RecoverConfig
+from autoprune.search.allocate import check_budgets
 from autoprune.search.searchers import check_nni
 
 
 def check_search(cfg: DictConfig) -> None:
-    """Warm-start ratios, the NNI tuner when search.backend=nni, and whether the hardware profile can
+    """Warm-start ratios and allocation budgets (and their latency table), the NNI tuner when search.backend=nni, and whether the hardware profile can
     be measured from here (otherwise the search would only fail at the baseline's measurement)."""
     for ratio in cfg.search.warm_start or []:
         if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0:
@@ -25,4 +29,8 @@ def check_search(cfg: DictConfig) -> None:
     if cfg.search.backend == "nni":
         check_nni(str(cfg.search.nni.tuner))
     RecoverConfig.coerce(OmegaConf.to_container(cfg.recover, resolve=True))   # recover.lr=-1 & co: before any trial
-    check_ready(load_profile(cfg.hw))
+    profile = load_profile(cfg.hw)
+    allocate = cfg.search.get("allocate") or {}
+    if check_budgets(allocate.get("budgets")) and allocate.get("table"):   # a table for this profile, readable
+        LatencyTable.load(Path(str(allocate.get("table"))), profile)
+    check_ready(profile)

@@ -31,6 +31,7 @@ from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, format_table, write_report
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
+from autoprune.search.allocate import warm_start_plans
 from autoprune.search.pareto import normalized_hypervolume
 from autoprune.search.deadline import deadline
 from autoprune.search.checks import check_search
@@ -114,6 +115,9 @@ class Search:
                 warm = [ctx.space.uniform(float(ratio)) for ratio in cfg.search.warm_start]
                 if ctx.space.has_group_ranges:  # a sensitivity prior: each group at its own limit
                     warm.append(ctx.space.upper())
+                allocate = cfg.search.get("allocate") or {}
+                warm += warm_start_plans(ctx.space, ctx.evaluator.start_model(), ctx.evaluator.pruner, ctx.profile,
+                                         list(allocate.get("budgets") or []), allocate.get("table"))
                 for plan in warm:
                     self.study.enqueue_trial(ctx.space.encode(plan))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
