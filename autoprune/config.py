@@ -113,6 +113,16 @@ class ConstraintsConfig(Section):
 
 
 @dataclass(frozen=True)
+class AllocateConfig(Section):
+    """HALP-style warm start (autoprune.search.allocate)."""
+    where = "search.allocate"
+    budgets: list[float] = setting(default_factory=list, gt=0, le=1, item="budget",
+                                   want="a fraction of the baseline's latency in (0, 1]",
+                                   fix="give e.g. {key}=[0.5,0.3] (or [] for none)")
+    table: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class SearchConfig(Section):
     where = "search"
     n_trials: int = setting(24, ge=0)
@@ -130,6 +140,7 @@ class SearchConfig(Section):
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     warm_start: list[float] = setting(default_factory=lambda: [0.25, 0.5, 0.75], ge=0, lt=1, item="ratio",
                                       fix="give pruning ratios such as {key}=[0.25,0.5] (or [] for none)")
+    allocate: AllocateConfig = field(default_factory=AllocateConfig)
     hv_max_drop: float = setting(0.1, gt=0, le=1)
     run_name: Optional[str] = None
     heartbeat_s: Optional[float] = setting(30, ge=0, fix="e.g. 30 (0 or null: no heartbeat)")

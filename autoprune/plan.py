@@ -16,6 +16,7 @@ they buy (a smaller sparse encoding; no speed-up on dense kernels).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -25,6 +26,14 @@ PATTERNS = ("channel", "unstructured", "nm", "block")
 MASK_PATTERNS = ("unstructured", "nm", "block")   # zeros in dense tensors (masks), not physical removal
 DEFAULT_NM = (2, 4)
 DEFAULT_BLOCK = (1, 4)
+
+
+def kept_channels(channels: int, ratio: float, round_to: int = 1) -> int:
+    """Channels left after removing `ratio` of `channels`, rounded to the nearest multiple of
+    `round_to` (half up) and never below one multiple nor above `channels`."""
+    step = max(1, min(round_to, channels))
+    kept = math.floor(channels * (1.0 - ratio) / step + 0.5) * step
+    return int(min(channels, max(step, kept)))
 
 
 def _pair(value, what: str, example: str) -> tuple[int, int]:

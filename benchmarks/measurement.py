@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from autoprune.hw import export_model, get_backend, load_profile
-from autoprune.hw.predictor import calibrate
+from autoprune.calibrate import calibrate
 from autoprune.prune import ChannelPruner, output_layers
 from autoprune.tasks.models import resnet_small
 

@@ -55,3 +55,14 @@ def test_memory_script_runs(tmp_path):
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 trials in" in result.stdout and "MB per 100 trials" in result.stdout
+
+
+@pytest.mark.slow   # whole benchmark scripts
+def test_rung0_tau_script_runs(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "rung0_tau.py"), "--workdir", str(tmp_path), "--label", "t"]
+    result = subprocess.run([*script, "--plans", "3", "--override", *FAST], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rung 0 (adaptive_bn) |" in result.stdout and "| raw (pruned, no recovery) |" in result.stdout
+    again = subprocess.run([*script, "--plans", "0"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0 and "3 random plans" in again.stdout   # the table from the record alone

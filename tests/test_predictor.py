@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from autoprune.errors import ConfigError, MeasurementError
 from autoprune.hw import get_backend
-from autoprune.hw.predictor import (LatencyTable, LayerSpec, calibrate, error_report, group_options, layer_specs,
-                                    random_plans, width_pairs)
+from autoprune.calibrate import calibrate, group_options, layer_specs
+from autoprune.hw.predictor import LatencyTable, LayerSpec, error_report, random_plans, width_pairs
 from autoprune.hw.profile import HardwareProfile
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner, output_layers
@@ -137,3 +137,35 @@ def test_one_layer_models_include_linear_and_grouped_convs(tmp_path):
     cal = calibrate(model, pruner, [0.0, 0.5], dataclasses.replace(PROFILE, round_to=4), get_backend(PROFILE),
                     tmp_path, n_validate=2)
     assert set(cal.table.entries["2"]) == {(4, 4), (8, 8)}
+
+
+def test_predictor_works_from_widths_alone(calibration):
+    """No pruner, no model: group widths (or a plan) in, milliseconds out; a fit from measurements."""
+    table = calibration.table
+    plan = random_plans(list(table.groups), RATIOS, 1, seed=3)[0]
+    widths = table.group_widths(plan)
+    assert table.predict_widths(widths) == pytest.approx(table.predict_plan(plan))
+    assert table.predict_widths({}) == pytest.approx(table.predict_plan(PrunePlan({})))  # missing: unpruned
+    narrow = {g: min(8, w) for g, w in table.groups.items()}
+    assert table.predict_widths(narrow) < table.predict_widths({})
+    with pytest.raises(MeasurementError, match="another model"):
+        table.predict_widths({"nope": 8})
+    refit = dataclasses.replace(table)
+    refit.fit([{}, narrow], [2.0, 1.0])   # two models measured: the line through them
+    assert refit.predict_widths({}) == pytest.approx(2.0) and refit.predict_widths(narrow) == pytest.approx(1.0)
+    refit.fit([narrow], [0.5])            # one model: the offset moves, the scale is 1
+    assert refit.scale == 1.0 and refit.predict_widths(narrow) == pytest.approx(0.5)
+
+
+def test_hw_does_not_import_the_pruner():
+    """Layering (issue #15): the latency table knows layer shapes and widths; autoprune.calibrate joins it
+    to the pruner."""
+    import ast
+    from pathlib import Path
+
+    import autoprune.hw as hw
+    for path in Path(hw.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith(("autoprune.prune", "autoprune.search")) for n in names), (path, names)

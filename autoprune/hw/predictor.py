@@ -9,13 +9,17 @@ sees inside the network, at every (in, out) width pair the search space allows. 
 they absorb what the table leaves out (per-run overhead, BatchNorm/activation/add layers, fusion).
 The error against measurement is reported on randomly drawn plans (share within ±10 %).
 
-A candidate is predicted from its plan alone (`predict_plan`, no pruning or export needed), which is
-what a search uses to screen candidates and measure only the promising ones.
+A candidate is predicted from its group widths or its plan alone (`predict_widths`, `predict_plan`: no
+pruning or export needed), which is what a search uses to screen candidates and to allocate widths under
+a latency budget (autoprune.search.allocate).
+
+This module knows layer shapes and widths only, never the pruner: which group sets which layer's widths
+is found by autoprune.calibrate (`layer_specs`, by pruning probes) and handed in as `LayerSpec`s; whole
+models are measured by the caller, which hands the results to `LatencyTable.fit` / `validate`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -23,7 +27,7 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +37,7 @@ from autoprune.errors import ConfigError, MeasurementError
 from autoprune.hw.backend import LatencyBackend
 from autoprune.hw.export import export_model
 from autoprune.hw.profile import HardwareProfile
-from autoprune.plan import GroupPlan, PrunePlan
-from autoprune.prune import ChannelPruner, kept_channels
+from autoprune.plan import GroupPlan, PrunePlan, kept_channels
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 FORMAT_VERSION = 1
@@ -63,7 +66,8 @@ class LayerSpec:
         return (c_out, c_out) if self.depthwise else (c_in, c_out)
 
 
-def _module_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+def module_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(in, out) channels / features of every Conv and Linear module, by name."""
     shapes = {}
     for name, m in model.named_modules():
         if isinstance(m, LAYER_TYPES):
@@ -72,7 +76,8 @@ def _module_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def _input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
+def input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The input shape each Conv / Linear module sees on `example_input` (modules not reached: absent)."""
     seen: dict[str, tuple[int, ...]] = {}
 
     def hook(name: str):
@@ -93,43 +98,24 @@ def _input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tu
     return seen
 
 
-def layer_specs(model: nn.Module, pruner: ChannelPruner) -> list[LayerSpec]:
-    """Every Conv/Linear layer the example input reaches, with the groups that set its widths (found by
-    pruning a copy one group at a time and seeing which layers change)."""
-    base = _module_shapes(model)
-    inputs = _input_shapes(model, pruner.example_input)
-    in_group: dict[str, str] = {}
-    out_group: dict[str, str] = {}
-    for group in pruner.groups(model):
-        if kept_channels(group.channels, 0.5, pruner.round_to) >= group.channels:
-            continue  # too narrow to prune at this round_to: its layers keep their width
-        probe = copy.deepcopy(model)
-        pruner.apply(probe, PrunePlan.uniform([group.name], 0.5))
-        for name, (c_in, c_out) in _module_shapes(probe).items():
-            if c_in != base[name][0]:
-                in_group[name] = group.name
-            if c_out != base[name][1]:
-                out_group[name] = group.name
-    specs = []
-    modules = dict(model.named_modules())
-    for name, (c_in, c_out) in base.items():
-        if name not in inputs:
-            continue  # not used in the forward pass
-        m = modules[name]
-        conv = {} if isinstance(m, nn.Linear) else {
-            "kernel_size": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding)
-            if not isinstance(m.padding, str) else m.padding, "dilation": list(m.dilation), "groups": m.groups}
-        depthwise = bool(conv) and m.groups == c_in == c_out and c_in > 1
-        kind = "linear" if isinstance(m, nn.Linear) else type(m).__name__.lower()
-        specs.append(LayerSpec(name, kind, c_in, c_out, inputs[name], in_group.get(name), out_group.get(name),
-                               depthwise, conv))
-    return specs
+def layer_spec(name: str, module: nn.Module, input_shape: tuple[int, ...], in_group: Optional[str] = None,
+               out_group: Optional[str] = None) -> LayerSpec:
+    """The LayerSpec of one Conv / Linear module of the baseline."""
+    if isinstance(module, nn.Linear):
+        return LayerSpec(name, "linear", module.in_features, module.out_features, tuple(input_shape), in_group,
+                         out_group)
+    c_in, c_out = module.in_channels, module.out_channels
+    padding = module.padding if isinstance(module.padding, str) else list(module.padding)
+    conv = {"kernel_size": list(module.kernel_size), "stride": list(module.stride), "padding": padding,
+            "dilation": list(module.dilation), "groups": module.groups}
+    depthwise = module.groups == c_in == c_out and c_in > 1
+    return LayerSpec(name, type(module).__name__.lower(), c_in, c_out, tuple(input_shape), in_group, out_group,
+                     depthwise, conv)
 
 
-def group_options(pruner: ChannelPruner, model: nn.Module, ratios: Sequence[float]) -> dict[str, list[int]]:
-    """The widths each group can take under `ratios` and the pruner's round_to."""
-    return {g.name: sorted({kept_channels(g.channels, float(r), pruner.round_to) for r in ratios})
-            for g in pruner.groups(model)}
+def width_options(groups: Mapping[str, int], ratios: Sequence[float], round_to: int) -> dict[str, list[int]]:
+    """The widths each group (name -> unpruned width) can take under `ratios` and `round_to`."""
+    return {g: sorted({kept_channels(ch, float(r), round_to) for r in ratios}) for g, ch in groups.items()}
 
 
 def width_pairs(spec: LayerSpec, options: dict[str, list[int]]) -> list[tuple[int, int]]:
@@ -182,11 +168,21 @@ class LatencyTable:
         macs = (c_out if spec.depthwise else c_in * c_out)
         return ms * macs / (b if spec.depthwise else a * b)
 
-    def raw_ms(self, group_widths: dict[str, int]) -> float:
-        return sum(self.layer_ms(s, *s.widths(group_widths)) for s in self.layers)
+    def raw_ms(self, group_widths: Mapping[str, int]) -> float:
+        """Sum of the table's layer latencies at these group widths (missing groups: unpruned)."""
+        return sum(self.layer_ms(s, *s.widths(dict(group_widths))) for s in self.layers)
 
     def group_widths(self, plan: PrunePlan) -> dict[str, int]:
+        """Each group's width under `plan` (channel counts rounded to the table's round_to)."""
         return {g: kept_channels(ch, plan.ratio(g), self.round_to) for g, ch in self.groups.items()}
+
+    def predict_widths(self, group_widths: Mapping[str, int]) -> float:
+        """Predicted median latency (ms) of the baseline with these group widths (missing groups: unpruned)."""
+        unknown = sorted(set(group_widths) - set(self.groups))
+        if unknown:
+            raise MeasurementError(f"the latency table does not know group(s) {unknown}: it was built for "
+                                   "another model; run calibrate again")
+        return self.scale * self.raw_ms(group_widths) + self.offset_ms
 
     def predict_plan(self, plan: PrunePlan) -> float:
         """Predicted median latency (ms) of the baseline pruned by `plan`; no model needed."""
@@ -194,11 +190,23 @@ class LatencyTable:
         if unknown:
             raise MeasurementError(f"the latency table does not know group(s) {unknown}: it was built for "
                                    "another model; run calibrate again")
-        return self.scale * self.raw_ms(self.group_widths(plan)) + self.offset_ms
+        return self.predict_widths(self.group_widths(plan))
+
+    def fit(self, widths: Sequence[Mapping[str, int]], measured_ms: Sequence[float]) -> "LatencyTable":
+        """Fit `scale` and `offset_ms` by least squares to whole models (their group widths) measured at
+        `measured_ms`; one model (or models the table cannot tell apart) only shifts the offset. In place."""
+        if not widths or len(widths) != len(measured_ms):
+            raise ConfigError("LatencyTable.fit needs as many measurements as models (at least one)")
+        raw = [self.raw_ms(w) for w in widths]
+        if len(set(raw)) > 1:
+            self.scale, self.offset_ms = (float(v) for v in np.polyfit(raw, list(measured_ms), 1))
+        else:
+            self.scale, self.offset_ms = 1.0, float(np.mean(measured_ms) - raw[0])
+        return self
 
     def predict_model(self, model: nn.Module) -> float:
         """Predicted median latency (ms) of an already pruned model (widths read from its layers)."""
-        shapes = _module_shapes(model)
+        shapes = module_shapes(model)
         total = 0.0
         for spec in self.layers:
             if spec.name not in shapes:
@@ -249,6 +257,56 @@ class LatencyTable:
         return table
 
 
+def _out_size(size: int, kernel: int, stride: int, padding, dilation: int) -> int:
+    if padding == "same":
+        return size
+    pad = 0 if padding == "valid" else int(padding)
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def layer_macs(spec: LayerSpec) -> float:
+    """Multiply-adds of the layer at its unpruned widths."""
+    if spec.kind == "linear":
+        return float(math.prod(spec.input_shape[:-1]) * spec.in_channels * spec.out_channels)
+    c = spec.conv
+    spatial = [_out_size(size, c["kernel_size"][i], c["stride"][i],
+                         c["padding"] if isinstance(c["padding"], str) else c["padding"][i], c["dilation"][i])
+               for i, size in enumerate(spec.input_shape[2:])]
+    return float(spec.input_shape[0] * spec.out_channels * (spec.in_channels // c["groups"])
+                 * math.prod(c["kernel_size"]) * math.prod(spatial))
+
+
+@dataclass
+class MacsModel:
+    """A latency model without measurements: the summed multiply-adds (millions) of the Conv / Linear layers
+    at given group widths. What allocation uses when no calibrated table is given; same interface as
+    LatencyTable's (`groups`, `round_to`, `predict_widths`, `group_widths`)."""
+
+    groups: dict[str, int]
+    layers: list[LayerSpec]
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        self._macs = {s.name: layer_macs(s) for s in self.layers}
+
+    def group_widths(self, plan: PrunePlan) -> dict[str, int]:
+        return {g: kept_channels(ch, plan.ratio(g), self.round_to) for g, ch in self.groups.items()}
+
+    def predict_widths(self, group_widths: Mapping[str, int]) -> float:
+        unknown = sorted(set(group_widths) - set(self.groups))
+        if unknown:
+            raise MeasurementError(f"the MACs model does not know group(s) {unknown}: it was built for another model")
+        total = 0.0
+        for s in self.layers:
+            c_in, c_out = s.widths(dict(group_widths))
+            share = c_out / s.out_channels if s.depthwise else (c_in * c_out) / (s.in_channels * s.out_channels)
+            total += self._macs[s.name] * share
+        return total / 1e6
+
+    def predict_plan(self, plan: PrunePlan) -> float:
+        return self.predict_widths(self.group_widths(plan))
+
+
 # --------------------------------------------------------------------------------------------------
 # Building and checking
 @dataclass(frozen=True)
@@ -276,30 +334,18 @@ def error_report(predicted: Sequence[float], measured: Sequence[float]) -> Predi
                            tuple(map(float, p)), tuple(map(float, m)))
 
 
-def _measure_plan(model, pruner, plan, profile, backend, workdir: Path) -> float:
-    pruned = pruner.apply(copy.deepcopy(model), plan)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        return backend.measure(export_model(pruned, pruner.example_input, Path(tmp)), profile).median_ms
-
-
-def build_table(model: nn.Module, pruner: ChannelPruner, ratios: Sequence[float], profile: HardwareProfile,
-                backend: LatencyBackend, workdir: Path, *, reference_ratios: Optional[Sequence[float]] = None
-                ) -> LatencyTable:
-    """Time every layer alone at every width pair `ratios` can produce (with `pruner.round_to`), then
-    fit scale/offset on whole models pruned uniformly at `reference_ratios` (default: 4 spread over
-    `ratios`). `pruner` must be the search's (same example input, ignored layers and round_to)."""
-    if pruner.round_to != profile.round_to:
-        raise ConfigError(f"pruner.round_to ({pruner.round_to}) differs from profile '{profile.name}' round_to "
-                          f"({profile.round_to}): build the pruner with the profile's round_to")
+def build_table(layers: Sequence[LayerSpec], groups: Mapping[str, int], options: Mapping[str, Sequence[int]],
+                profile: HardwareProfile, backend: LatencyBackend, workdir: Path) -> LatencyTable:
+    """Time every layer alone (`layers`, with the groups that set their widths) at every width pair the
+    groups' `options` (group -> widths) can produce; `groups`: group -> unpruned width. The correction
+    (scale, offset) is left at 1 and 0: fit it with `LatencyTable.fit` on measured whole models."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ratios = sorted({float(r) for r in ratios})
-    specs = layer_specs(model, pruner)
-    options = group_options(pruner, model, ratios)
     layer_profile = dataclasses.replace(profile, input_shape=None, profile_layers=False)
     entries: dict[str, dict[tuple[int, int], float]] = {}
     fingerprint: dict = {}
-    for spec in specs:
+    options = {g: list(v) for g, v in options.items()}
+    for spec in layers:
         entries[spec.name] = {}
         for c_in, c_out in width_pairs(spec, options):
             layer, x = one_layer_model(spec, c_in, c_out)
@@ -307,22 +353,8 @@ def build_table(model: nn.Module, pruner: ChannelPruner, ratios: Sequence[float]
                 stats = backend.measure(export_model(layer, x, Path(tmp)), layer_profile)
             entries[spec.name][(c_in, c_out)] = stats.median_ms
             fingerprint = stats.fingerprint
-    groups = {g.name: g.channels for g in pruner.groups(model)}
-    table = LatencyTable(profile.name, profile.digest(), pruner.round_to, groups, specs, entries,
-                         fingerprint=fingerprint)
-    if reference_ratios is None:
-        reference_ratios = [ratios[round(i * (len(ratios) - 1) / 3)] for i in range(4)] if len(ratios) > 1 else ratios
-    reference_ratios = sorted(set(reference_ratios))
-    raw, measured = [], []
-    for r in reference_ratios:
-        plan = PrunePlan.uniform(list(groups), r)
-        raw.append(table.raw_ms(table.group_widths(plan)))
-        measured.append(_measure_plan(model, pruner, plan, profile, backend, workdir))
-    if len(set(raw)) > 1:
-        table.scale, table.offset_ms = (float(v) for v in np.polyfit(raw, measured, 1))
-    else:  # one reference point: keep the table's shape, remove the constant difference
-        table.scale, table.offset_ms = 1.0, float(measured[0] - raw[0])
-    return table
+    return LatencyTable(profile.name, profile.digest(), profile.round_to, dict(groups), list(layers), entries,
+                        fingerprint=fingerprint)
 
 
 def random_plans(groups: Sequence[str], ratios: Sequence[float], n: int, seed: int = 0) -> list[PrunePlan]:
@@ -331,27 +363,8 @@ def random_plans(groups: Sequence[str], ratios: Sequence[float], n: int, seed: i
     return [PrunePlan({g: GroupPlan(float(rng.choice(list(ratios)))) for g in groups}) for _ in range(n)]
 
 
-def validate(table: LatencyTable, model: nn.Module, pruner: ChannelPruner, plans: Sequence[PrunePlan],
-             profile: HardwareProfile, backend: LatencyBackend, workdir: Path) -> PredictorReport:
-    """Measure `plans` for real and compare with the table's predictions."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+def validate(table: LatencyTable, plans: Sequence[PrunePlan], measure: Callable[[PrunePlan], float]
+             ) -> PredictorReport:
+    """Compare the table's predictions of `plans` with `measure(plan)` (the median ms of the real model)."""
     predicted = [table.predict_plan(p) for p in plans]
-    measured = [_measure_plan(model, pruner, p, profile, backend, workdir) for p in plans]
-    return error_report(predicted, measured)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    table: LatencyTable
-    report: PredictorReport
-
-
-def calibrate(model: nn.Module, pruner: ChannelPruner, ratios: Sequence[float], profile: HardwareProfile,
-              backend: LatencyBackend, workdir: Path, *, n_validate: int = 8, seed: int = 0) -> Calibration:
-    """`mode=calibrate`: build the table for `model` on `profile` (through `backend`, so a profile with
-    an agent_url calibrates on the device) and report its error on `n_validate` random plans."""
-    table = build_table(model, pruner, ratios, profile, backend, workdir)
-    plans = random_plans(list(table.groups), ratios, n_validate, seed)
-    report = validate(table, model, pruner, plans, profile, backend, workdir)
-    return Calibration(table, report)
+    return error_report(predicted, [measure(p) for p in plans])

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from autoprune.errors import PruningError, first_line
-from autoprune.plan import GroupPlan, PrunePlan
+from autoprune.plan import GroupPlan, PrunePlan, kept_channels
 from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fused_attentions, head_scores,
                                        is_fused_attention, remove_heads)
 from autoprune.prune.importance import make_importance
@@ -127,14 +127,6 @@ def layer_kind(modules: Sequence[nn.Module]) -> str:
     if any(m.groups > 1 for m in convs):
         return "grouped"
     return "conv" if convs else "linear"
-
-
-def kept_channels(channels: int, ratio: float, round_to: int = 1) -> int:
-    """Channels left after removing `ratio` of `channels`, rounded to the nearest multiple of
-    `round_to` (half up) and never below one multiple nor above `channels`."""
-    step = max(1, min(round_to, channels))
-    kept = math.floor(channels * (1.0 - ratio) / step + 0.5) * step
-    return int(min(channels, max(step, kept)))
 
 
 def _is_grouped(m: nn.Module) -> bool:
@@ -423,6 +415,16 @@ class ChannelPruner:
             _sync_splits(model)
             self._check_runs(model, list(removed))
         return removed
+
+    def channel_scores(self, model: nn.Module, importance: str = "l2",
+                       stats: Optional[GradientStats] = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance of every group at its current width, by group name: what `apply` ranks
+        channels by (the lowest go first). Gradient criteria need `stats`."""
+        graph, groups, _ = self._graph(model)
+        criterion = make_importance(importance, model, stats)
+        with torch.no_grad():
+            return {g.name: self._scores(graph, model, g, criterion, importance, stats).detach().float()
+                    for g in groups}
 
     def _scores(self, graph, model: nn.Module, g: _Group, importance, criterion: str,
                 stats: Optional[GradientStats]) -> torch.Tensor:

@@ -149,6 +149,14 @@ class TransformerPruner:
             return (rows + cols).float()
         return (s(layer.inter).sum(1) + s(layer.out).sum(0)).float()
 
+    def channel_scores(self, model: nn.Module, importance: str = "l2",
+                       stats: Optional[GradientStats] = None) -> dict[str, torch.Tensor]:
+        """Per-head / per-neuron importance of every group, by group name: what `apply` ranks units by."""
+        check_for_heads([importance], error=PruningError)
+        with torch.no_grad():
+            return {g.name: self._unit_scores(model, g, layer, importance, stats).detach()
+                    for g, layer in self._named(model)}
+
     # ---------------------------------------------------------------------------------- pruning
     def _remove(self, group: PrunableGroup, layer: _Layer, idxs: Sequence[int]) -> None:
         if group.kind == "heads":

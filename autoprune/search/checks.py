@@ -4,15 +4,22 @@ mistake fails in seconds and before the search creates a study, an MLflow run or
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from autoprune.config import AppConfig
 from autoprune.hw import load_profile
 from autoprune.hw.backend import check_ready
+from autoprune.hw.predictor import LatencyTable
 from autoprune.search.searchers import check_nni
 
 
 def check_search(cfg: AppConfig) -> None:
-    """The NNI tuner when search.backend=nni, and whether the hardware profile can be measured from here
+    """The NNI tuner when search.backend=nni, the allocation's latency table, and whether the hardware profile can be measured from here
     (otherwise the search would only fail at the baseline's measurement)."""
     if cfg.search.backend == "nni":
         check_nni(cfg.search.nni.tuner)
-    check_ready(load_profile(cfg.hw))
+    profile = load_profile(cfg.hw)
+    allocate = cfg.search.allocate
+    if allocate.budgets and allocate.table:   # a table for this profile, readable
+        LatencyTable.load(Path(allocate.table), profile)
+    check_ready(profile)

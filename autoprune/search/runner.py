@@ -22,6 +22,7 @@ from autoprune.hw import LatencyStats, export_model, load_profile
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, format_table
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
+from autoprune.search.allocate import warm_start_plans
 from autoprune.search.checks import check_search
 from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerprint, study_fingerprint
@@ -103,6 +104,9 @@ class Search:
                 warm = [ctx.space.uniform(ratio) for ratio in cfg.search.warm_start]
                 if ctx.space.has_group_ranges:  # a sensitivity prior: each group at its own limit
                     warm.append(ctx.space.upper())
+                allocate = cfg.search.allocate
+                warm += warm_start_plans(ctx.space, ctx.evaluator.start_model(), ctx.evaluator.pruner, ctx.profile,
+                                         list(allocate.budgets), allocate.table)
                 for plan in warm:
                     self.study.enqueue_trial(ctx.space.encode(plan))
         # The resolved config travels with the study: report / pick / reproduce rebuild from it.
