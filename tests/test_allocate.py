@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from autoprune.calibrate import layer_specs
+from autoprune.config import AppConfig
 from autoprune.errors import ConfigError
 from autoprune.hw.predictor import LatencyTable, LayerSpec, MacsModel, layer_macs
 from autoprune.plan import PrunePlan
@@ -112,10 +113,11 @@ def test_budgets_are_checked_before_anything_runs(make_cfg, tmp_path):
     for bad in ([0], [1.5], ["x"], [True]):
         with pytest.raises(ConfigError, match=r"search.allocate.budgets=\[0.5,0.3\]"):
             check_budgets(bad)
-    with pytest.raises(ConfigError, match="search.allocate.budgets value 2"):
-        check_search(make_cfg("search.allocate.budgets=[2]"))
+    with pytest.raises(ConfigError, match=r"search.allocate.budgets budget 2 is outside \(0, 1\]"):
+        AppConfig.of(make_cfg("search.allocate.budgets=[2]"))   # the typed config checks them at the CLI edge
     with pytest.raises(ConfigError, match="run calibrate again"):
-        check_search(make_cfg("search.allocate.budgets=[0.5]", f"search.allocate.table={tmp_path / 'none.json'}"))
+        check_search(AppConfig.of(make_cfg("search.allocate.budgets=[0.5]",
+                                           f"search.allocate.table={tmp_path / 'none.json'}")))
 
 
 def test_warm_start_plans_are_the_allocations_at_the_budgets(setup):
