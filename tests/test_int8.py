@@ -1,0 +1,93 @@
+"""int8 profiles: static QDQ quantization of a small real model trained on digits, scored and timed
+with ONNX Runtime; the artifact a profile deploys."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from autoprune.errors import MeasurementError
+from autoprune.hw import export_model, get_backend, load_profile
+from autoprune.hw.artifact import INT8_NAME, artifact_accuracy, artifact_differs, build_artifact
+from autoprune.hw.quantize import calibration_arrays, is_quantized, quantize_int8
+from autoprune.recover import TrainConfig, evaluate
+from autoprune.recover.finetune import train
+from autoprune.tasks.digits import load
+from autoprune.tasks.models import resnet_small
+from tests.conftest import DATA
+
+FAST = dict(warmup_runs=3, min_repeats=10, max_repeats=200, target_rel_ci=0.05, max_seconds=0.2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ResNet (8/16/16) trained 3 epochs on 16x16 digits, exported: (model, data, ExportedModel)."""
+    data = load(size=16)
+    torch.manual_seed(0)
+    model = resnet_small(widths=(8, 16, 16), in_channels=1, num_classes=10)
+    train(model, data.train, TrainConfig(epochs=3, lr=0.05, batch_size=64))
+    model.eval()
+    return model, data, export_model(model, data.example_batch(1), tmp_path_factory.mktemp("int8"))
+
+
+def test_int8_artifact_is_a_qdq_model_with_per_channel_weights(trained):
+    _, data, exported = trained
+    profile = load_profile("cpu-ort-int8-1t")
+    assert artifact_differs(profile) and not artifact_differs(load_profile("cpu-ort-1t"))
+    artifact = build_artifact(exported, profile, calibration_arrays(data.train))
+    assert artifact.onnx_path.name == INT8_NAME and artifact.onnx_path.parent == exported.onnx_path.parent
+    assert is_quantized(artifact.onnx_path) and not is_quantized(exported.onnx_path)
+    graph = onnx.load(str(artifact.onnx_path)).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]   # weights + activations
+    weights = {i.name: i for i in graph.initializer}
+    int8_weights = [w for w in weights.values() if w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4]
+    assert int8_weights, "conv weights are stored as int8"
+    per_channel = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in
+                   {w.name for w in int8_weights}]
+    assert all(len(weights[n.input[1]].dims) == 1 and weights[n.input[1]].dims[0] > 1 for n in per_channel)
+
+
+def test_int8_accuracy_run_by_onnx_runtime_is_close_to_fp32(trained):
+    model, data, exported = trained
+    profile = load_profile("cpu-ort-int8-1t")
+    torch_val = evaluate(model, data.val)
+    fp32_val = artifact_accuracy(exported, load_profile("cpu-ort-1t"), data.val)
+    int8_val = artifact_accuracy(build_artifact(exported, profile, calibration_arrays(data.train)), profile, data.val)
+    assert torch_val > 0.5                                   # the model has learned: the comparison means something
+    assert fp32_val == pytest.approx(torch_val, abs=1 / len(data.val) + 1e-9)   # same computation, float noise
+    assert abs(int8_val - fp32_val) <= 0.03                  # a few points at most (360 samples)
+
+
+def test_int8_profile_times_the_quantized_model(trained):
+    _, data, exported = trained
+    profile = dataclasses.replace(load_profile("cpu-ort-int8-1t"), **FAST)
+    backend = get_backend(profile)
+    artifact = build_artifact(exported, profile, calibration_arrays(data.train))
+    stats = backend.measure(artifact, profile)
+    assert stats.median_ms > 0 and stats.fingerprint["precision"] == "int8"
+    # an fp32 file given to an int8 profile is quantized (random calibration) before it is timed
+    assert backend.measure(exported, profile).fingerprint["precision"] == "int8"
+
+
+def test_batch_profile_times_whole_batches(trained):
+    _, _, exported = trained
+    one = dataclasses.replace(load_profile(str(DATA / "fast-cpu.yaml")), **FAST)
+    b32 = dataclasses.replace(load_profile("cpu-ort-b32"), **FAST)
+    backend = get_backend(one)
+    assert backend.measure(exported, b32).median_ms > 4 * backend.measure(exported, one).median_ms
+
+
+def test_quantization_needs_calibration_and_one_input(trained, tmp_path):
+    _, _, exported = trained
+    with pytest.raises(MeasurementError, match="calibration"):
+        build_artifact(exported, load_profile("cpu-ort-int8-1t"), [])
+    with pytest.raises(MeasurementError, match="calibration batch"):
+        quantize_int8(exported.onnx_path, tmp_path / "q.onnx", [])
+    batches = calibration_arrays(load(size=16).train, batches=2, batch_size=5)
+    assert [b.shape for b in batches] == [(5, 1, 16, 16)] * 2 and batches[0].dtype == np.float32
