@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import optuna
 import pytest
 import torch
 
@@ -91,3 +92,75 @@ def test_quantization_needs_calibration_and_one_input(trained, tmp_path):
         quantize_int8(exported.onnx_path, tmp_path / "q.onnx", [])
     batches = calibration_arrays(load(size=16).train, batches=2, batch_size=5)
     assert [b.shape for b in batches] == [(5, 1, 16, 16)] * 2 and batches[0].dtype == np.float32
+
+
+# ----------------------------------------------------------------------------------- whole searches
+@pytest.fixture(scope="module")
+def int8_search(tmp_path_factory):
+    """A search on a (fast) int8 profile that also measures a (fast) batch-32 profile: 3 trials."""
+    from autoprune.cli import run
+    from tests.conftest import compose_config
+
+    tmp = tmp_path_factory.mktemp("int8-search")
+    timing = "".join(f"{k}: {v}\n" for k, v in FAST.items())
+    (tmp / "int8-fast.yaml").write_text("runtime: onnxruntime\nprecision: int8\nround_to: 4\n" + timing)
+    (tmp / "b32-fast.yaml").write_text("runtime: onnxruntime\nbatch_size: 32\nround_to: 4\n" + timing)
+    cfg = compose_config(tmp, f"hw={tmp / 'int8-fast.yaml'}", f"search.also_measure=[{tmp / 'b32-fast.yaml'}]",
+                         "search.n_trials=3", "search.warm_start=[0.25,0.5]", "tracking.experiment=int8")
+    return tmp, run(cfg, tmp / "out")
+
+
+def _client(tmp):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+
+
+@pytest.mark.slow
+def test_int8_search_records_artifact_and_torch_accuracy_and_every_target(int8_search):
+    tmp, outcome = int8_search
+    client = _client(tmp)
+    exp = client.get_experiment_by_name("int8")
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.params["hw"] == "int8-fast" and parent.data.params["hw_precision"] == "int8"
+    assert parent.data.tags["autoprune.target"] == "int8-fast (int8, batch 1); b32-fast (fp32, batch 32)"
+    runs = client.search_runs([exp.experiment_id], "tags.`autoprune.role` = 'trial'")
+    assert len(runs) == 3
+    study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    for run in runs:
+        m = run.data.metrics
+        assert {"val_accuracy", "val_accuracy_torch", "latency_per_sample_ms", "b32-fast/latency_ms",
+                "b32-fast/latency_per_sample_ms", "b32-fast/val_accuracy"} <= set(m)
+        assert m["b32-fast/latency_per_sample_ms"] == pytest.approx(m["b32-fast/latency_ms"] / 32)
+        assert m["b32-fast/val_accuracy"] == m["val_accuracy_torch"]           # fp32 target: torch's accuracy
+        attrs = study.trials[int(run.data.tags["autoprune.trial_number"])].user_attrs
+        assert attrs["b32-fast/latency_ms"] == m["b32-fast/latency_ms"] and attrs["val_accuracy"] == m["val_accuracy"]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model.onnx", "model.fp32.onnx"}
+    # the front and the report are the int8 artifact's accuracy
+    front = {c.trial: c for c in outcome.report.front}
+    assert front and all(c.val_accuracy == study.trials[c.trial].user_attrs["val_accuracy"] for c in front.values())
+    baseline = client.search_runs([exp.experiment_id], "tags.`autoprune.role` = 'baseline'")[0].data.metrics
+    assert {"val_accuracy_torch", "test_accuracy_torch", "b32-fast/latency_ms"} <= set(baseline)
+
+
+@pytest.mark.slow
+def test_registered_int8_artifact_rescored_matches_the_recorded_accuracy(int8_search, tmp_path):
+    """pick exports and registers the int8 model; scoring it again with ONNX Runtime gives the test
+    accuracy the search recorded (within its binomial interval; the computation is deterministic)."""
+    from autoprune.cli import run
+    from autoprune.report.recommend import interval
+    from tests.conftest import compose_config
+
+    tmp, outcome = int8_search
+    export = tmp_path / "deploy.onnx"
+    picked = run(compose_config(tmp, f"hw={tmp / 'int8-fast.yaml'}", "mode=pick", f"pick.export={export}",
+                                "tracking.experiment=int8"), tmp_path / "pick")
+    assert is_quantized(export)
+    recorded = _client(tmp).get_run(picked.chosen.run_id).data.metrics
+    data = load(size=16)
+    profile = load_profile(str(tmp / "int8-fast.yaml"))
+    rescored = artifact_accuracy(export, profile, data.test)
+    low, high = interval(recorded["test_accuracy"], len(data.test))
+    assert low <= rescored <= high
+    assert rescored == pytest.approx(recorded["test_accuracy"], abs=1e-9)
+    assert artifact_accuracy(export, profile, data.val) == pytest.approx(picked.chosen.val_accuracy, abs=1e-9)

@@ -4,8 +4,9 @@ A profile's `precision` decides what is deployed, and so what is timed and score
 
 - fp32: the exported ONNX model itself (ONNX Runtime) or the module (torch); its accuracy is PyTorch's.
 - int8 (ONNX Runtime, CPU): the static QDQ int8 model (autoprune.hw.quantize), calibrated on the task's
-  train split, written next to the fp32 file as `model.int8.onnx`. That file is what is timed, scored,
-  logged to MLflow and registered by `pick`.
+  train split. `deploy_in_place` makes it the candidate's `model.onnx` (the fp32 export moves to
+  `model.fp32.onnx`), so what is timed, scored, logged to MLflow, bundled and registered by `pick` is
+  the int8 file, with nothing downstream needing to know.
 - fp16 (ONNX Runtime CUDA / TensorRT): the fp32 ONNX file converted to fp16 when it is loaded
   (autoprune.hw.onnx_transforms.to_fp16, the TensorRT builder); scored by ONNX Runtime with that
   conversion on the profile's CUDA provider (TensorRT profiles: on CUDAExecutionProvider, which
@@ -27,6 +28,7 @@ from autoprune.hw.export import ExportedModel, ModelFiles, as_exported
 from autoprune.hw.profile import HardwareProfile
 
 INT8_NAME = "model.int8.onnx"
+FP32_NAME = "model.fp32.onnx"   # beside an int8 model.onnx: the fp32 export it was quantized from
 SCORE_BATCH = 256
 
 
@@ -49,6 +51,26 @@ def build_artifact(model: ModelFiles, profile: HardwareProfile,
         raise MeasurementError("an int8 artifact needs calibration batches (the task's train split)")
     path = quantize_int8(exported.onnx_path, exported.onnx_path.with_name(INT8_NAME), calibration)
     return dataclasses.replace(exported, onnx_path=path, module=None)
+
+
+def deploy_in_place(model: ModelFiles, profile: HardwareProfile,
+                    calibration: Optional[Sequence[np.ndarray]] = None) -> ExportedModel:
+    """`build_artifact`, then (int8) the artifact takes the exported file's name: `<dir>/model.onnx` is
+    the int8 model, the fp32 export is kept as `<dir>/model.fp32.onnx`. Other precisions: unchanged."""
+    exported = as_exported(model)
+    if profile.precision != "int8":
+        return exported
+    artifact = build_artifact(exported, profile, calibration)
+    fp32 = exported.onnx_path.with_name(FP32_NAME)
+    exported.onnx_path.replace(fp32)
+    artifact.onnx_path.replace(exported.onnx_path)
+    return dataclasses.replace(artifact, onnx_path=exported.onnx_path)
+
+
+def fp32_source(exported: ExportedModel) -> ExportedModel:
+    """The fp32 export behind `exported` (after deploy_in_place of an int8 profile: model.fp32.onnx)."""
+    fp32 = exported.onnx_path.with_name(FP32_NAME)
+    return dataclasses.replace(exported, onnx_path=fp32) if fp32.is_file() else exported
 
 
 def _scoring_profile(profile: HardwareProfile) -> HardwareProfile:

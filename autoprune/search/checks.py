@@ -10,6 +10,7 @@ from autoprune.hw import load_profile
 from autoprune.hw.backend import check_ready
 from autoprune.recover import RecoverConfig
 from autoprune.search.searchers import check_nni
+from autoprune.targets import load_targets
 
 
 def check_search(cfg: DictConfig) -> None:
@@ -25,4 +26,6 @@ def check_search(cfg: DictConfig) -> None:
     if cfg.search.backend == "nni":
         check_nni(str(cfg.search.nni.tuner))
     RecoverConfig.coerce(OmegaConf.to_container(cfg.recover, resolve=True))   # recover.lr=-1 & co: before any trial
-    check_ready(load_profile(cfg.hw))
+    profile = load_profile(cfg.hw)
+    check_ready(profile)
+    load_targets(cfg.search.get("also_measure"), profile)   # search.also_measure: each measurable from here

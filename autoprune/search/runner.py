@@ -26,6 +26,7 @@ from autoprune.context import SearchContext, build_context
 from autoprune.deploy import write_bundle
 from autoprune.errors import ConfigError
 from autoprune.hw import LatencyStats, export_model, load_profile
+from autoprune.hw.artifact import FP32_NAME, artifact_accuracy, artifact_differs, fp32_source
 from autoprune.owner import process_owner
 from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
@@ -39,6 +40,7 @@ from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerp
 from autoprune.search.objectives import Objectives
 from autoprune.search.searchers import NniSearcher, OptunaSearcher, Searcher, UniformGridSearcher, make_sampler
 from autoprune.search.study import open_storage, open_study
+from autoprune.targets import load_targets, measure_targets
 from autoprune.search.workers import (INTERRUPTED_ATTR, OWNER_ATTR, Heartbeat, StaleTrialHandler, budget_used, claim,
                                       fail_orphaned_trials, shared_lock)
 from autoprune.track import Tracker
@@ -46,7 +48,8 @@ from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, 
                                             TrackingError, TrialRecord)
 
 log = logging.getLogger("autoprune")
-TRIAL_ARTIFACTS = ("plan.json", "latency.json", "model.onnx", "model.pt")  # what a trial run holds
+TRIAL_ARTIFACTS = ("plan.json", "latency.json", "model.onnx", FP32_NAME, "model.pt")  # what a trial run holds
+TARGET_TAG = "autoprune.target"   # on the parent run: the profile its front belongs to (and search.also_measure)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Search:
         self.ctx: SearchContext = build_context(cfg, before_baseline=open_records)  # trains the baseline if not cached
         self.stale.on_stale = self._close_stale_run
         self.study_name = self.ctx.study_name
+        self.ctx.evaluator.also = load_targets(cfg.search.get("also_measure"), self.ctx.profile,
+                                               Path(cfg.cache_dir), check=False)   # checked by check_search
         self.study = open_study(self.storage, self.study_name, sampler, self.objectives.directions)
         self.study.set_metric_names(list(self.objectives.names))   # the report, optuna-dashboard: named axes
         if ATTR not in self.study.user_attrs or cfg.search.resume == "force":
@@ -124,10 +129,14 @@ class Search:
                   "n_trials": cfg.search.n_trials, "backend": cfg.search.backend, "sampler": cfg.search.sampler,
                   "objectives": ",".join(self.objectives.names), "storage": cfg.search.storage,
                   "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances),
-                  "output_dir": str(self.output_dir)}
+                  "output_dir": str(self.output_dir), "hw_precision": ctx.profile.precision,
+                  "hw_batch_size": ctx.profile.batch_size,
+                  "also_measure": ",".join(t.profile.name for t in ctx.evaluator.also) or "-"}
         group = cfg.search.run_name
         parent = self._mlflow("start of the search run", lambda: self.tracker.start_search(
             f"search-{group or self.study_name}", self.study_name, params, group=group))
+        if parent:
+            self._mlflow("target tag", lambda: self.tracker.log(parent, tags={TARGET_TAG: self._target()}))
         self._reconcile("start")
         used = budget_used(self.study, group)
         log.info("study %s (%d of %d trials done%s) | %d prunable groups | hw %s | MLflow run %s",
@@ -149,6 +158,11 @@ class Search:
         finally:
             if parent:
                 self._mlflow("end of the search run", lambda: self.tracker.end(parent, status))
+
+    def _target(self) -> str:
+        """The target(s) of this search's front(s): `cpu-ort-int8-1t (int8, batch 1)`, then also_measure's."""
+        profiles = [self.ctx.profile, *(t.profile for t in self.ctx.evaluator.also)]
+        return "; ".join(f"{p.name} ({p.precision}, batch {p.batch_size})" for p in profiles)
 
     def _measure_baseline(self) -> dict:
         """Score and time the unpruned model in this run, so speedups are ratios taken side by side."""
@@ -172,12 +186,17 @@ class Search:
         ctx = self.ctx
         model, data, example = ctx.baseline, ctx.task.data, ctx.evaluator.example_input
         with tempfile.TemporaryDirectory() as tmp:
-            exported = export_model(model, example, Path(tmp))
+            exported = ctx.evaluator.deployed(export_model(model, example, Path(tmp)))   # int8: the int8 model
             latency = ctx.backend.measure(exported, ctx.profile, fresh=True)  # never cached: side by side
             macs, n_params = tp.utils.count_ops_and_params(model, example)
-            metrics = {"val_accuracy": evaluate(model, data.val), "test_accuracy": evaluate(model, data.test),
+            val, test = evaluate(model, data.val), evaluate(model, data.test)
+            metrics = {**ctx.evaluator.artifact_scores(exported, "val", val),   # the artifact's, and torch's
+                       **ctx.evaluator.artifact_scores(exported, "test", test),
                        "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_cv": latency.cv,
+                       "latency_per_sample_ms": latency.median_ms / ctx.profile.batch_size,
                        "macs": macs, "params": n_params, "onnx_bytes": exported.onnx_path.stat().st_size}
+            metrics |= measure_targets(ctx.evaluator.also, fp32_source(exported), ctx.evaluator.calibration,
+                                       data.val, val, fresh=True)
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
             logged = run_id and self._mlflow("baseline results", lambda: (
                 self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
@@ -348,8 +367,9 @@ class Search:
         repaired = {"autoprune.repaired": json.dumps(result.repaired)} if result.repaired else {}
         self.tracker.log(run_id, metrics=metrics | {f"seconds_{k}": v for k, v in result.seconds.items()},
                          tags={STATE: "complete", **repaired})
+        fp32 = [workdir / FP32_NAME] if (workdir / FP32_NAME).is_file() else []   # int8: model.onnx is the int8 one
         self.tracker.log_artifacts(run_id, [workdir / "plan.json", workdir / "latency.json",
-                                            result.onnx_path, result.model_path])
+                                            result.onnx_path, *fp32, result.model_path])
         self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - started})
         self.tracker.end(run_id)
         return True
@@ -369,8 +389,11 @@ class Search:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
             model = self.ctx.evaluator.rebuild(plan, self.tracker.download(run_id, "model.pt", Path(tmp)))
-            if "test_accuracy" not in run.data.metrics:
-                self.tracker.log(run_id, metrics={"test_accuracy": evaluate(model, self.ctx.task.data.test)})
+            if "test_accuracy" not in run.data.metrics:   # the deployed artifact's (model.onnx), and torch's
+                test = evaluate(model, self.ctx.task.data.test)
+                self.tracker.log(run_id, metrics={"test_accuracy": test} if not artifact_differs(self.ctx.profile) else
+                                 {"test_accuracy": artifact_accuracy(onnx_file, self.ctx.profile, self.ctx.task.data.test),
+                                  "test_accuracy_torch": test})
             if ONNX_MODEL_ID not in run.data.tags:
                 self.tracker.log_models(run_id, onnx_file, model)
 
