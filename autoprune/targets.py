@@ -3,7 +3,7 @@ candidate, once fine-tuned, is also timed (and, where the profile's artifact dif
 profiles, so one search yields a front per target for the price of extra measurements, not extra
 fine-tunes. Results are metrics named `<profile>/<metric>`:
 
-    <profile>/latency_ms             median latency per batch on that profile
+    <profile>/latency_ms             median latency per batch on that profile (and latency_p90_ms)
     <profile>/latency_per_sample_ms  latency_ms / the profile's batch_size
     <profile>/val_accuracy           the profile's artifact's val accuracy (int8: the int8 model, run by
                                      ONNX Runtime), or the PyTorch model's where the artifact is fp32
@@ -25,7 +25,7 @@ from autoprune.hw.artifact import artifact_accuracy, artifact_differs, build_art
 from autoprune.hw.backend import Measurer, check_ready, get_backend
 from autoprune.hw.export import ExportedModel
 
-METRICS = ("latency_ms", "latency_per_sample_ms", "val_accuracy")
+METRICS = ("latency_ms", "latency_p90_ms", "latency_per_sample_ms", "val_accuracy")
 _NAME = re.compile(r"^[A-Za-z0-9_.\- ]{1,100}$")   # what an MLflow metric name may hold (less "/")
 
 
@@ -82,6 +82,7 @@ def measure_targets(targets: Iterable[Target], fp32: ExportedModel, calibration:
         stats = target.backend.measure(artifact, p, fresh=fresh)
         accuracy = artifact_accuracy(artifact, p, val) if artifact_differs(p) else torch_val
         out |= {metric(p.name, "latency_ms"): stats.median_ms,
+                metric(p.name, "latency_p90_ms"): stats.p90_ms,
                 metric(p.name, "latency_per_sample_ms"): stats.median_ms / p.batch_size,
                 metric(p.name, "val_accuracy"): accuracy}
     return out

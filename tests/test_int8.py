@@ -164,3 +164,47 @@ def test_registered_int8_artifact_rescored_matches_the_recorded_accuracy(int8_se
     assert low <= rescored <= high
     assert rescored == pytest.approx(recorded["test_accuracy"], abs=1e-9)
     assert artifact_accuracy(export, profile, data.val) == pytest.approx(picked.chosen.val_accuracy, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_report_draws_the_front_of_an_also_measured_target(int8_search):
+    from autoprune.cli import run
+    from autoprune.errors import ConfigError
+    from tests.conftest import compose_config
+
+    tmp, outcome = int8_search
+    data, files = run(compose_config(tmp, "mode=report", "report.target=b32-fast", "tracking.experiment=int8"),
+                      tmp / "report-b32")
+    assert data.target == "b32-fast" and outcome.report.target == "int8-fast"
+    study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    points = {t.number: (t.user_attrs["b32-fast/val_accuracy"], t.user_attrs["b32-fast/latency_ms"]) for t in done}
+    expected = {n for n, (acc, lat) in points.items()    # oracle: nothing at least as good in both, better in one
+                if not any(a >= acc and b <= lat and (a, b) != (acc, lat) for a, b in points.values())}
+    assert {c.trial for c in data.front} == expected
+    assert all(c.latency_ms == points[c.trial][1] and c.test_accuracy is None for c in data.front)
+    assert data.baseline.latency_ms > 4 * outcome.report.baseline.latency_ms / 3   # batch 32 vs batch 1 (int8)
+    assert "on b32-fast" in (tmp / "report-b32" / "report" / "report.html").read_text()
+    with pytest.raises(ConfigError, match="report.target"):
+        run(compose_config(tmp, "mode=report", "report.target=cuda-ort", "tracking.experiment=int8"), tmp / "bad")
+
+
+@pytest.mark.slow
+def test_report_overlays_fronts_of_several_targets(int8_search):
+    import csv
+
+    from autoprune.cli import run
+    from tests.conftest import compose_config
+
+    tmp, outcome = int8_search
+    name = outcome.study_name
+    fronts, files = run(compose_config(tmp, "mode=report", f"report.studies=['{name}','{name}@b32-fast']",
+                                       "tracking.experiment=int8"), tmp / "overlay")
+    assert [f.label for f in fronts] == [f"{name} on int8-fast", f"{name} on b32-fast"]
+    own, b32 = fronts
+    assert all(own.per_sample[c.trial] == c.latency_ms for c in [own.data.baseline, *own.data.front])
+    assert all(b32.per_sample[c.trial] == pytest.approx(c.latency_ms / 32) for c in [b32.data.baseline, *b32.data.front])
+    table = list(csv.reader((tmp / "overlay" / "report" / "overlay.csv").open()))
+    assert len(table) == 1 + 2 + len(own.data.front) + len(b32.data.front)
+    assert {r[0] for r in table[1:]} == {f.label for f in fronts}
+    assert {p.name for p in files} == {"overlay.csv", "overlay.png", "overlay.html"}

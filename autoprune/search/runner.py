@@ -424,8 +424,8 @@ class Search:
 
 def print_summary(report: ReportData, tracker_ui: str, report_dir: Path) -> None:
     print()
-    print(f"Pareto models of study {report.study_name} ({len(report.trials)} completed trials; speedup = "
-          f"baseline median latency / model median latency, measured on the same profile):")
+    print(f"Pareto models of study {report.study_name} on {report.target or 'its profile'} ({len(report.trials)} "
+          f"completed trials; speedup = baseline median latency / model median latency, measured on that profile):")
     print(format_table(report))
     print()
     print(f"report:    {report_dir / 'report.html'}")
