@@ -15,6 +15,8 @@ import torch_pruning as tp
 
 from autoprune.config import PruneConfig
 from autoprune.hw import HardwareProfile, LatencyBackend, LatencyStats, export_model
+from autoprune.hw.artifact import artifact_accuracy, artifact_differs, deploy_in_place, fp32_source
+from autoprune.hw.quantize import calibration_arrays
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner
 from autoprune.prune.engine import PruningEngine, StructuralPruner
@@ -26,6 +28,7 @@ from autoprune.errors import PruningError
 from autoprune.schema import build
 from autoprune.weights import load_into, load_weights, shapes
 from autoprune.tasks import DataSplits
+from autoprune.targets import measure_targets
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class TrialResult:
     macs: int
     params: int
     onnx_bytes: int
-    onnx_path: Path
+    onnx_path: Path       # the profile's deployed artifact (int8 profiles: the int8 model, autoprune.hw.artifact)
     model_path: Path      # the state_dict (weights only); CandidateEvaluator.rebuild makes the model again
     seconds: dict = field(default_factory=dict)   # wall time per stage
     weight_sparsity: float = 0.0   # fraction of zeros over all conv / linear weights
@@ -46,11 +49,16 @@ class TrialResult:
     dense_bytes: int = 0           # parameters stored dense
     skipped: dict = field(default_factory=dict)   # layer -> why a mask pattern left it dense
     repaired: dict = field(default_factory=dict)  # group -> how its ratio was lowered to a buildable one
+    val_accuracy_torch: Optional[float] = None    # the PyTorch model's, where the artifact differs (int8, fp16)
+    batch_size: int = 1                           # of the profile: latency_ms is per batch
+    targets: dict = field(default_factory=dict)   # search.also_measure: "<profile>/<metric>" -> value
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "val_accuracy": self.val_accuracy,
+        torch_accuracy = {} if self.val_accuracy_torch is None else {"val_accuracy_torch": self.val_accuracy_torch}
+        return torch_accuracy | self.targets | {
+            "val_accuracy": self.val_accuracy,   # the deployed artifact's (selection, the front and pick use it)
             "latency_ms": self.latency.median_ms,
+            "latency_per_sample_ms": self.latency.median_ms / self.batch_size,
             "latency_p90_ms": self.latency.p90_ms,
             "latency_cv": self.latency.cv,
             "macs": float(self.macs),
@@ -75,9 +83,11 @@ class CandidateEvaluator:
     profile: HardwareProfile
     backend: LatencyBackend
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    also: tuple = ()   # search.also_measure: autoprune.targets.Target, measured on the fine-tuned model
 
     def __post_init__(self) -> None:
         self._start: Optional[nn.Module] = None
+        self._calibration: Optional[list] = None
         self._widths: Optional[dict[str, int]] = None
 
     @property
@@ -132,6 +142,25 @@ class CandidateEvaluator:
         self.engine.apply(model, _skeleton(plan))
         return load_into(model, state, f"the weights of plan {plan.to_json()[:200]}").eval()
 
+    def calibration(self) -> list:
+        """int8 calibration batches from the train split (computed once)."""
+        if self._calibration is None:
+            self._calibration = calibration_arrays(self.data.train)
+        return self._calibration
+
+    def deployed(self, exported, profile: Optional[HardwareProfile] = None):
+        """The exported model as `profile` (default: the search's) deploys it (autoprune.hw.artifact)."""
+        profile = profile or self.profile
+        return deploy_in_place(exported, profile, self.calibration() if profile.precision == "int8" else None)
+
+    def artifact_scores(self, deployed, split: str, torch_accuracy: float) -> dict[str, float]:
+        """`{split}_accuracy` of the deployed artifact run by the profile's runtime and `{split}_accuracy_torch`
+        (the PyTorch model's) where they differ; else `{split}_accuracy` as given."""
+        if not artifact_differs(self.profile):
+            return {f"{split}_accuracy": torch_accuracy}
+        return {f"{split}_accuracy": artifact_accuracy(deployed, self.profile, getattr(self.data, split)),
+                f"{split}_accuracy_torch": torch_accuracy}
+
     def _recover_kwargs(self) -> dict:
         kd = self.recover.kd
         if not kd.enabled:
@@ -168,7 +197,7 @@ class CandidateEvaluator:
         pruned = self.engine.apply(measured, plan if schedule.prunes_up_front else _skeleton(plan))
         final_shapes = None if schedule.prunes_up_front else shapes(measured.state_dict())
         lap("prune")
-        latency = self.backend.measure(export_model(measured, self.example_input, workdir), self.profile)
+        latency = self.backend.measure(self.deployed(export_model(measured, self.example_input, workdir)), self.profile)
         lap("measure")
         on_epoch = None
         if monitor is not None:
@@ -190,9 +219,14 @@ class CandidateEvaluator:
         lap("score")
         exported = export_model(model, self.example_input, workdir)  # the fine-tuned model.onnx and model.pt
         lap("export")
-        return TrialResult(plan, val_accuracy, latency, int(macs), int(params), exported.onnx_path.stat().st_size,
-                           exported.onnx_path, exported.weights_path, seconds, encoding.weight_sparsity,
-                           encoding.sparse, encoding.dense, dict(skipped), dict(pruned.repaired))
+        deployed = self.deployed(exported)   # int8: model.onnx is now the int8 model, calibrated on train batches
+        scores = self.artifact_scores(deployed, "val", val_accuracy)
+        targets = measure_targets(self.also, fp32_source(exported), self.calibration, self.data.val, val_accuracy)
+        lap("artifact")
+        return TrialResult(plan, scores["val_accuracy"], latency, int(macs), int(params),
+                           deployed.onnx_path.stat().st_size, deployed.onnx_path, exported.weights_path, seconds,
+                           encoding.weight_sparsity, encoding.sparse, encoding.dense, dict(skipped), dict(pruned.repaired),
+                           scores.get("val_accuracy_torch"), self.profile.batch_size, targets)
 
 
 def _skeleton(plan: PrunePlan) -> PrunePlan:
@@ -201,14 +235,16 @@ def _skeleton(plan: PrunePlan) -> PrunePlan:
 
 
 def build_evaluator(prune: Any, recover: Any, baseline: nn.Module, data: DataSplits,
-                    pruner: StructuralPruner, profile: HardwareProfile, backend: LatencyBackend) -> CandidateEvaluator:
+                    pruner: StructuralPruner, profile: HardwareProfile, backend: LatencyBackend,
+                    also: tuple = ()) -> CandidateEvaluator:
     """The evaluator a search uses, from the `prune:` and `recover:` config sections (typed sections from
     autoprune.config, or plain mappings checked as them)."""
     prune = build(PruneConfig, prune, "prune")
     recover = RecoverConfig.coerce(recover)
     engine = PruningEngine(pruner, data.train, prune.unstructured_scope, prune.calibration_batches,
                            recover.train.batch_size, recover.seed)
-    return CandidateEvaluator(baseline, data, engine, recover, profile, backend, ScheduleConfig.from_prune(prune))
+    return CandidateEvaluator(baseline, data, engine, recover, profile, backend, ScheduleConfig.from_prune(prune),
+                              tuple(also))
 
 
 __all__ = ["CandidateEvaluator", "ChannelPruner", "TrialResult", "build_evaluator"]

@@ -60,7 +60,13 @@ def run(cfg: DictConfig | AppConfig, output_dir: Path):
         from autoprune.search.runner import print_summary
 
         data, files = run_report(cfg, output_dir)
-        print_summary(data, f"mlflow ui --backend-store-uri {cfg.tracking.uri}", files[0].parent)
+        if isinstance(data, list):   # report.studies: several fronts overlaid
+            from autoprune.report.overlay import format_overlay
+
+            print(format_overlay(data))
+            print(f"\noverlay:   {files[-1]}")
+        else:
+            print_summary(data, f"mlflow ui --backend-store-uri {cfg.tracking.uri}", files[0].parent)
         return data, files
     if cfg.mode == "pick":
         from autoprune.pick import run_pick

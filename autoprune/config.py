@@ -141,6 +141,7 @@ class SearchConfig(Section):
     warm_start: list[float] = setting(default_factory=lambda: [0.25, 0.5, 0.75], ge=0, lt=1, item="ratio",
                                       fix="give pruning ratios such as {key}=[0.25,0.5] (or [] for none)")
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
+    also_measure: list[str] = field(default_factory=list)   # extra hw profiles each candidate is timed on
     hv_max_drop: float = setting(0.1, gt=0, le=1)
     run_name: Optional[str] = None
     heartbeat_s: Optional[float] = setting(30, ge=0, fix="e.g. 30 (0 or null: no heartbeat)")
@@ -226,6 +227,14 @@ class PickConfig(Section):
 
 
 @dataclass(frozen=True)
+class ReportConfig(Section):
+    """mode=report: the front on another measured target, or several studies' fronts overlaid."""
+    where = "report"
+    target: Optional[str] = None     # a profile of the search's search.also_measure (null: the search's hw)
+    studies: list[str] = field(default_factory=list)   # [study-a, study-b, study-a@cpu-ort-b32]
+
+
+@dataclass(frozen=True)
 class ReproduceConfig(Section):
     where = "reproduce"
     trial: Optional[int] = setting(None, ge=0)
@@ -291,6 +300,7 @@ class AppConfig:
     recover: RecoverSection = field(default_factory=RecoverSection)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     pick: PickConfig = field(default_factory=PickConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -28,6 +28,7 @@ from autoprune.preflight import PreflightReport, bounded_output_layers, run_pref
 from autoprune.prune import PrunableGroup, make_pruner, output_layers
 from autoprune.schema import to_plain
 from autoprune.search.space import RatioRange, SearchSpace, load_space
+from autoprune.targets import load_targets
 from autoprune.tasks import Task, build_task
 
 log = logging.getLogger("autoprune")
@@ -131,7 +132,8 @@ def _assemble(cfg: AppConfig, profile: HardwareProfile, backend: Measurer, task:
     space = load_space(cfg.search_space, groups, cfg.prune.importance, defaults=cfg.prune.searched())
     if preflight is not None:
         space = _feasible(space, preflight)
-    evaluator = build_evaluator(cfg.prune, cfg.recover, model, task.data, pruner, profile, backend)
+    also = load_targets(cfg.search.also_measure, profile, Path(cfg.cache_dir), check=False)  # checked by check_search
+    evaluator = build_evaluator(cfg.prune, cfg.recover, model, task.data, pruner, profile, backend, also)
     return groups, space, evaluator, preflight
 
 

@@ -27,7 +27,7 @@ MODES = {
 # The keys each mode reads, as dotted paths into conf/config.yaml (a key's whole block is shown).
 MODE_KEYS = {
     "search": ["task", "hw", "search_space", "seed", "cache_dir", "search", "prune", "recover", "tracking"],
-    "report": ["search.storage", "search.study_name", "search.hv_max_drop", "tracking"],
+    "report": ["report", "search.storage", "search.study_name", "search.hv_max_drop", "tracking"],
     "pick": ["pick", "search.storage", "search.study_name", "tracking"],
     "reproduce": ["reproduce", "search.storage", "search.study_name", "tracking"],
     "calibrate": ["calibrate", "task", "hw", "search_space"],

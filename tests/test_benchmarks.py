@@ -66,3 +66,16 @@ def test_rung0_tau_script_runs(tmp_path):
     assert "rung 0 (adaptive_bn) |" in result.stdout and "| raw (pruned, no recovery) |" in result.stdout
     again = subprocess.run([*script, "--plans", "0"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "3 random plans" in again.stdout   # the table from the record alone
+
+
+@pytest.mark.slow
+def test_cross_target_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cross_target.py"), "--trials", "2", "--seeds", "0", "--rounds", "1",
+         "--workdir", str(tmp_path), "--override", *FAST[1:]],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "cross-target matrix" in out and "FLOPs-proxy" in out
+    assert all(any(line.strip().startswith(name) for line in out.splitlines())
+               for name in ("cpu-ort-1t", "cpu-ort-int8-1t", "cpu-ort-b32", "flops"))

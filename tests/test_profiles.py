@@ -47,6 +47,14 @@ def test_gpu_profiles_ask_for_what_their_issue_says():
     assert load_profile("cpu-ort-all").thread_count() == os.cpu_count()
 
 
+def test_int8_and_batch_profiles_are_their_targets():
+    int8, b32, fp32 = load_profile("cpu-ort-int8-1t"), load_profile("cpu-ort-b32"), load_profile("cpu-ort-1t")
+    assert (int8.precision, int8.threads, int8.batch_size) == ("int8", 1, 1)
+    assert (b32.precision, b32.threads, b32.batch_size) == ("fp32", 1, 32)
+    assert len({int8.digest(), b32.digest(), fp32.digest()}) == 3
+    assert dataclasses.replace(fp32, precision="int8").digest() != fp32.digest()   # precision is measured
+
+
 @pytest.mark.parametrize("text, field", [
     ("threads: 0", "threads"),
     ("runtime: coreml", "runtime"),
@@ -55,7 +63,9 @@ def test_gpu_profiles_ask_for_what_their_issue_says():
     ("threads: many", "threads"),
     ("threads: true", "threads"),
     ("runtime: tflite", "runtime"),
-    ("precision: int8", "precision"),
+    ("precision: int4", "precision"),
+    ("runtime: torch\nprecision: int8", "precision"),      # int8 is ONNX Runtime CPU's (static QDQ)
+    ("provider: CUDAExecutionProvider\nprecision: int8", "precision"),
     ("precision: fp16", "precision"),                       # fp16 on the CPU
     ("sparse_weights: true", "sparse_weights"),             # only TensorRT
     ("runtime: torch\ncuda_graphs: true", "cuda_graphs"),   # CPU device

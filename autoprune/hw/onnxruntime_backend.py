@@ -134,6 +134,18 @@ def profile_layers(onnx_path: Path, profile: HardwareProfile, feed: dict) -> dic
     return layers
 
 
+def _int8(onnx_path: Path, profile: HardwareProfile, tmp: Path) -> Path:
+    """An int8 profile times the int8 model: `onnx_path` itself when it is quantized already (a search
+    passes the artifact calibrated on the task's data, autoprune.hw.artifact), else a copy quantized with
+    the random inputs it is timed with (same graph and kernels; the scales are for timing only)."""
+    from autoprune.hw.quantize import is_quantized, quantize_int8
+
+    if is_quantized(onnx_path):
+        return onnx_path
+    feed = random_inputs(input_specs(onnx_path, profile))   # quantize_int8 checks there is one input
+    return quantize_int8(onnx_path, tmp / "model.int8.onnx", list(feed.values())[:1])
+
+
 class OnnxRuntimeBackend:
     """LatencyBackend for ONNX Runtime: warm-up, then repeat until the median is tight or time is up."""
 
@@ -149,6 +161,12 @@ class OnnxRuntimeBackend:
 
     def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
         onnx_path = as_exported(model).onnx_path
+        if profile.precision == "int8":
+            with tempfile.TemporaryDirectory() as tmp:
+                return self._measure(_int8(onnx_path, profile, Path(tmp)), profile)
+        return self._measure(onnx_path, profile)
+
+    def _measure(self, onnx_path: Path, profile: HardwareProfile) -> LatencyStats:
         with pinned(profile.cpu_affinity):
             session = make_session(onnx_path, profile)
             feed = random_inputs(input_specs(onnx_path, profile))

@@ -3,7 +3,8 @@
 A profile is one flat YAML mapping; every key is a field of HardwareProfile below. Fields by topic:
 
 - runtime:      runtime (onnxruntime | tensorrt | torch), provider (ONNX Runtime execution provider),
-                device (cpu | cuda | cuda:N, for torch and tensorrt), precision (fp32 | fp16),
+                device (cpu | cuda | cuda:N, for torch and tensorrt), precision (fp32 | fp16 | int8:
+                the artifact that is timed and scored, autoprune.hw.artifact),
                 sparse_weights (TensorRT 2:4 structured sparsity)
 - threads:      threads (intra-op, an integer or "all"), inter_op_threads, cpu_affinity (core ids)
 - input:        batch_size, input_shape (per-sample shape; null = the ONNX model's own static shape)
@@ -33,7 +34,7 @@ from autoprune.errors import ProfileError
 from autoprune.resources import resolve_yaml, yaml_problem, yaml_size_problem
 
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 DEFAULT_TOKEN_SOURCE = "env:AUTOPRUNE_AGENT_TOKEN"
 # Fields that say how to reach a machine, not how to time on it: left out of the digest
@@ -166,6 +167,9 @@ def _validate(p: HardwareProfile) -> None:
         raise bad("precision", f"must be one of {list(PRECISIONS)}, got {_show(p.precision)}")
     if p.precision == "fp16" and not p.uses_cuda:
         raise bad("precision", "fp16 needs a GPU: use precision fp32 on the CPU, or a CUDA provider/device")
+    if p.precision == "int8" and not (p.runtime == "onnxruntime" and p.provider == "CPUExecutionProvider"):
+        raise bad("precision", "int8 (static QDQ quantization) is supported for runtime onnxruntime with "
+                               "provider CPUExecutionProvider: use precision fp32 or fp16 here")
     if p.sparse_weights and p.runtime != "tensorrt":
         raise bad("sparse_weights", "is only supported by runtime tensorrt (2:4 sparse tensor cores)")
     if p.cuda_graphs and not (p.runtime == "torch" and p.uses_cuda):

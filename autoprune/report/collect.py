@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
 import optuna
 
@@ -49,6 +51,7 @@ class ReportData:
     hypervolume: list[tuple[int, float]]  # (trial number, normalized HV of all trials up to it)
     fingerprint: dict
     max_drop: float
+    target: str = ""                     # the hardware profile the front was measured on
 
     @property
     def others(self) -> list[Candidate]:
@@ -73,9 +76,46 @@ def baseline_run(tracker: Tracker, study_name: str):
     return run
 
 
-def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1) -> ReportData:
+def study_target(study: optuna.Study) -> str:
+    """The profile a study searched on (its own front's target), from the config it stored."""
+    hw = (study.user_attrs.get("config") or {}).get("hw")
+    return Path(str(hw)).stem if hw else "?"
+
+
+def _on_target(metrics: dict, target: Optional[str]) -> Optional[dict]:
+    """`metrics` with val_accuracy / latency_ms / latency_p90_ms taken from `<target>/...` (search.also_measure);
+    None when they were not measured there. Test accuracy is the search's own target's only: dropped."""
+    if target is None:
+        return metrics
+    keys = {"val_accuracy": "val_accuracy", "latency_ms": "latency_ms", "latency_p90_ms": "latency_p90_ms"}
+    if any(f"{target}/{k}" not in metrics for k in ("val_accuracy", "latency_ms")):
+        return None
+    view = {k: v for k, v in metrics.items() if k not in ("test_accuracy", "test_accuracy_torch")}
+    for name, key in keys.items():
+        view[name] = metrics.get(f"{target}/{key}", metrics[f"{target}/latency_ms"])
+    return view
+
+
+def _non_dominated(cands: list[Candidate], objectives: list[str]) -> set[int]:
+    """Trial numbers of the feasible candidates no other feasible candidate dominates."""
+    from autoprune.search.objectives import DIRECTIONS
+
+    signs = [-1.0 if DIRECTIONS.get(o) == "maximize" else 1.0 for o in objectives]
+    cost = {c.trial: [s * c.metrics()[o] for s, o in zip(signs, objectives)] for c in cands if c.feasible}
+    return {n for n, a in cost.items()
+            if not any(all(x <= y for x, y in zip(b, a)) and b != a for b in cost.values())}
+
+
+def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target: Optional[str] = None) -> ReportData:
+    """The report of `study`; `target` (a profile of its search.also_measure) draws the front measured on
+    that profile instead of the search's own (None or the search's own profile name)."""
+    own = study_target(study)
+    target = None if target in (None, "", own) else target
     base_run = baseline_run(tracker, study.study_name)
-    m = base_run.data.metrics
+    m = _on_target(dict(base_run.data.metrics), target)
+    if m is None:
+        raise ConfigError(f"study '{study.study_name}' was not measured on '{target}': set report.target to one of "
+                          f"the profiles its search.also_measure listed (or leave it null for {own})")
     baseline = Candidate(-1, m["val_accuracy"], m["latency_ms"], m["latency_p90_ms"], int(m["params"]),
                          int(m["macs"]), int(m["onnx_bytes"]), m.get("test_accuracy"), 1.0, base_run.info.run_id)
     runs = {int(r.data.tags[TRIAL_NUMBER]): r for r in tracker.trial_runs(study.study_name)}
@@ -83,23 +123,28 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1) -> Rep
     complete = [t for t in all_trials if t.state == optuna.trial.TrialState.COMPLETE]
     candidates = []
     for t in complete:
-        a, run = t.user_attrs, runs.get(t.number)
+        a, run = _on_target(t.user_attrs, target), runs.get(t.number)
+        if a is None:   # resumed without this target in search.also_measure
+            continue
         candidates.append(Candidate(
             trial=t.number, val_accuracy=a["val_accuracy"], latency_ms=a["latency_ms"],
             latency_p90_ms=a["latency_p90_ms"], params=int(a["params"]), macs=int(a["macs"]),
-            onnx_bytes=int(a["onnx_bytes"]), test_accuracy=run.data.metrics.get("test_accuracy") if run else None,
+            onnx_bytes=int(a["onnx_bytes"]),
+            test_accuracy=run.data.metrics.get("test_accuracy") if run and target is None else None,
             speedup=baseline.latency_ms / a["latency_ms"], run_id=run.info.run_id if run else None,
             feasible=all(v <= 0 for v in t.constraints.values()),
             ratios={k: v["ratio"] for k, v in a["plan"]["groups"].items()},
         ))
-    front_numbers = {t.number for t in study.best_trials}
-    front = sorted((c for c in candidates if c.trial in front_numbers), key=lambda c: c.latency_ms)
     objectives = study.metric_names or ["val_accuracy", "latency_ms"]   # studies of before set_metric_names
+    front_numbers = {t.number for t in study.best_trials} if target is None else _non_dominated(candidates, objectives)
+    front = sorted((c for c in candidates if c.trial in front_numbers), key=lambda c: c.latency_ms)
     hv, points = [], []
     for c in candidates:
         if c.feasible:
             points.append(c.metrics())
         hv.append((c.trial, normalized_hypervolume(points, objectives, baseline.metrics(), max_drop)))
-    fingerprint = {k[3:]: v for k, v in base_run.data.params.items() if k.startswith("hw.")}
+    fingerprint = {k[3:]: v for k, v in base_run.data.params.items() if k.startswith("hw.")} if target is None else \
+        {"profile": target, "measured": "search.also_measure (the search's own environment)"}
     n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)
-    return ReportData(study.study_name, baseline, candidates, front, n_failed, hv, fingerprint, max_drop)
+    return ReportData(study.study_name, baseline, candidates, front, n_failed, hv, fingerprint, max_drop,
+                      target or own)

@@ -10,7 +10,7 @@ import optuna
 
 from autoprune.config import AppConfig
 from autoprune.deploy import write_bundle
-from autoprune.report.collect import ReportData, collect
+from autoprune.report.collect import collect
 from autoprune.report.pareto_report import write_report
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
 from autoprune.search.existing import load_existing
@@ -29,9 +29,21 @@ def split_sizes(study: optuna.Study) -> Optional[SplitSizes]:
         return None
 
 
-def run_report(cfg: AppConfig, output_dir: Path) -> tuple[ReportData, list[Path]]:
+def run_report(cfg: AppConfig, output_dir: Path):
+    """The report of one study (on report.target, default its own profile): (ReportData, files); with
+    report.studies, the overlay of their fronts: (list of overlay.Front, files)."""
+    report = cfg.report
+    if report.studies:
+        from autoprune.report.overlay import collect_fronts, write_overlay
+        from autoprune.search.study import open_storage
+        from autoprune.track import Tracker
+
+        fronts = collect_fronts(open_storage(cfg.search.storage), cfg.search.storage,
+                                Tracker(cfg.tracking.uri, cfg.tracking.experiment), list(report.studies),
+                                cfg.search.hv_max_drop)
+        return fronts, write_overlay(fronts, Path(output_dir) / "report")
     study, tracker = load_existing(cfg)
-    data = collect(study, tracker, cfg.search.hv_max_drop)
+    data = collect(study, tracker, cfg.search.hv_max_drop, report.target)
     files = write_report(data, Path(output_dir) / "report", split_sizes(study))
     write_bundle(data, tracker, Path(output_dir) / "report")
     return data, files

@@ -51,7 +51,7 @@ def write_report(data: ReportData, out_dir: Path, sizes: Optional[SplitSizes] = 
     rec = recommend(data)
     json_path = out_dir / "pareto.json"
     json_path.write_text(json.dumps({
-        "study": data.study_name, "baseline": asdict(data.baseline), "front": [asdict(c) for c in data.front],
+        "study": data.study_name, "target": data.target, "baseline": asdict(data.baseline), "front": [asdict(c) for c in data.front],
         "hypervolume": data.hypervolume, "fingerprint": data.fingerprint, "n_complete": len(data.trials),
         "n_failed": data.n_failed, "split_sizes": sizes and asdict(sizes),
         "recommended": rec and {"trial": rec.model.trial, "reason": rec.reason, "command": rec.command},
@@ -59,5 +59,6 @@ def write_report(data: ReportData, out_dir: Path, sizes: Optional[SplitSizes] = 
     charts = plots.charts(data, rec and rec.model, sizes)
     pngs = [chart.save_png(out_dir) for chart in charts]
     html_path = out_dir / "report.html"
-    html_path.write_text(html.render(data, f"autoprune — {data.study_name}", charts, rec, sizes))
+    on = f" on {data.target}" if data.target else ""
+    html_path.write_text(html.render(data, f"autoprune — {data.study_name}{on}", charts, rec, sizes))
     return [csv_path, json_path, *pngs, html_path]

@@ -90,7 +90,7 @@ def pareto_chart(data: ReportData, recommended: Optional[Candidate] = None,
     if recommended is not None:
         ax.plot([recommended.latency_ms], [100 * recommended.val_accuracy], linestyle="none", marker="o", ms=15,
                 mfc="none", mec=REC, mew=2, label=f"recommended ({recommended.label})", zorder=6)
-    ax.set_xlabel("median latency (ms, measured on the target profile)")
+    ax.set_xlabel(f"median latency (ms, measured on {data.target or 'the target profile'})")
     ax.set_ylabel("validation accuracy")
     ax.yaxis.set_major_formatter(FuncFormatter(_pct))
     ax.xaxis.set_major_locator(MaxNLocator(nbins=7, steps=[1, 2, 5, 10]))

@@ -11,6 +11,7 @@ from autoprune.hw import load_profile
 from autoprune.hw.backend import check_ready
 from autoprune.hw.predictor import LatencyTable
 from autoprune.search.searchers import check_nni
+from autoprune.targets import load_targets
 
 
 def check_search(cfg: AppConfig) -> None:
@@ -23,3 +24,4 @@ def check_search(cfg: AppConfig) -> None:
     if allocate.budgets and allocate.table:   # a table for this profile, readable
         LatencyTable.load(Path(allocate.table), profile)
     check_ready(profile)
+    load_targets(cfg.search.also_measure, profile)   # search.also_measure: each measurable from here

@@ -27,6 +27,7 @@ import optuna
 
 from autoprune.candidate import CandidateEvaluator, TrialResult
 from autoprune.deploy import write_bundle
+from autoprune.hw.artifact import FP32_NAME, artifact_accuracy, artifact_differs
 from autoprune.owner import process_owner
 from autoprune.plan import PrunePlan
 from autoprune.prune import PrunableGroup
@@ -45,7 +46,7 @@ from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, 
                                             TrackingError, TrialRecord)
 
 log = logging.getLogger("autoprune")
-TRIAL_ARTIFACTS = ("plan.json", "latency.json", "model.onnx", "model.pt")  # what a trial run holds
+TRIAL_ARTIFACTS = ("plan.json", "latency.json", "model.onnx", FP32_NAME, "model.pt")  # what a trial run holds
 
 
 def guarded(what: str, call: Callable[[], Any]) -> Any:
@@ -106,8 +107,9 @@ class MlflowObserver(BaseObserver):
         repaired = {"autoprune.repaired": json.dumps(result.repaired)} if result.repaired else {}
         self.tracker.log(run_id, metrics=outcome.metrics | {f"seconds_{k}": v for k, v in result.seconds.items()},
                          tags={STATE: "complete", **repaired})
+        fp32 = [workdir / FP32_NAME] if (workdir / FP32_NAME).is_file() else []   # int8: model.onnx is the int8 one
         self.tracker.log_artifacts(run_id, [workdir / "plan.json", workdir / "latency.json",
-                                            result.onnx_path, result.model_path])
+                                            result.onnx_path, *fp32, result.model_path])
         self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - started})
         self.tracker.end(run_id)
         return True
@@ -254,9 +256,15 @@ class ReportObserver(BaseObserver):
         with tempfile.TemporaryDirectory() as tmp:
             onnx_file = self.tracker.download(run_id, "model.onnx", Path(tmp))
             model = self.evaluator.rebuild(plan, self.tracker.download(run_id, "model.pt", Path(tmp)))
-            if "test_accuracy" not in run.data.metrics:
-                accuracy = evaluate(model, self.data.test)
-                self.tracker.log(run_id, metrics={"test_accuracy": accuracy})
+            if "test_accuracy" not in run.data.metrics:   # the deployed artifact's (model.onnx), and torch's
+                test = evaluate(model, self.data.test)
+                profile = self.evaluator.profile
+                if artifact_differs(profile):
+                    accuracy = artifact_accuracy(onnx_file, profile, self.data.test)
+                    self.tracker.log(run_id, metrics={"test_accuracy": accuracy, "test_accuracy_torch": test})
+                else:
+                    accuracy = test
+                    self.tracker.log(run_id, metrics={"test_accuracy": accuracy})
                 record_test_accuracy(study, int(run.data.tags[TRIAL_NUMBER]), accuracy)
             if ONNX_MODEL_ID not in run.data.tags:
                 self.tracker.log_models(run_id, onnx_file, model, example=self.data.val_inputs(4).numpy())

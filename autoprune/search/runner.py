@@ -19,6 +19,7 @@ from autoprune.baseline import near_chance
 from autoprune.config import AppConfig
 from autoprune.context import SearchContext, check_inputs, finish_context
 from autoprune.hw import LatencyStats, export_model, load_profile
+from autoprune.hw.artifact import fp32_source
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, format_table
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
@@ -32,11 +33,13 @@ from autoprune.search.observers import (HeartbeatObserver, MlflowObserver, Mlflo
                                           ReportObserver, guarded)
 from autoprune.search.searchers import SearcherSettings, make_sampler, searcher_class
 from autoprune.search.study import open_storage, open_study
+from autoprune.targets import measure_targets
 from autoprune.search.workers import Heartbeat, StaleTrialHandler, fail_orphaned_trials, shared_lock
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import STUDY
 
 log = logging.getLogger("autoprune")
+TARGET_TAG = "autoprune.target"   # on the parent run: the profile its front belongs to (and search.also_measure)
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,14 @@ class Search:
                   "n_trials": cfg.search.n_trials, "backend": cfg.search.backend, "sampler": cfg.search.sampler,
                   "objectives": ",".join(self.objectives.names), "storage": cfg.search.storage,
                   "groups": len(ctx.groups), "importance": ",".join(ctx.space.importances),
-                  "output_dir": str(self.output_dir)}
+                  "output_dir": str(self.output_dir), "hw_precision": ctx.profile.precision,
+                  "hw_batch_size": ctx.profile.batch_size,
+                  "also_measure": ",".join(t.profile.name for t in ctx.evaluator.also) or "-"}
         group = self.budget.group
         parent = guarded("start of the search run", lambda: self.tracker.start_search(
             f"search-{group or self.study_name}", self.study_name, params, group=group))
+        if parent:
+            guarded("target tag", lambda: self.tracker.log(parent, tags={TARGET_TAG: self._target()}))
         self.mlflow.reconcile(self.study, "start")
         log.info("study %s (%d of %d trials done%s) | %d prunable groups | hw %s | MLflow run %s",
                  self.study_name, min(self.budget.used(self.study), self.budget.n_trials), cfg.search.n_trials,
@@ -156,6 +163,11 @@ class Search:
                           self.budget, self.output_dir, observers, stale=self.stale, stopper=stopper,
                           trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s))
 
+    def _target(self) -> str:
+        """The target(s) of this search's front(s): `cpu-ort-int8-1t (int8, batch 1)`, then also_measure's."""
+        profiles = [self.ctx.profile, *(t.profile for t in self.ctx.evaluator.also)]
+        return "; ".join(f"{p.name} ({p.precision}, batch {p.batch_size})" for p in profiles)
+
     def _measure_baseline(self) -> dict:
         """Score and time the unpruned model in this run, so speedups are ratios taken side by side."""
         ctx = self.ctx
@@ -178,12 +190,17 @@ class Search:
         ctx = self.ctx
         model, data, example = ctx.baseline, ctx.task.data, ctx.evaluator.example_input
         with tempfile.TemporaryDirectory() as tmp:
-            exported = export_model(model, example, Path(tmp))
+            exported = ctx.evaluator.deployed(export_model(model, example, Path(tmp)))   # int8: the int8 model
             latency = ctx.backend.measure(exported, ctx.profile, fresh=True)  # never cached: side by side
             macs, n_params = tp.utils.count_ops_and_params(model, example)
-            metrics = {"val_accuracy": evaluate(model, data.val), "test_accuracy": evaluate(model, data.test),
+            val, test = evaluate(model, data.val), evaluate(model, data.test)
+            metrics = {**ctx.evaluator.artifact_scores(exported, "val", val),   # the artifact's, and torch's
+                       **ctx.evaluator.artifact_scores(exported, "test", test),
                        "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms, "latency_cv": latency.cv,
+                       "latency_per_sample_ms": latency.median_ms / ctx.profile.batch_size,
                        "macs": macs, "params": n_params, "onnx_bytes": exported.onnx_path.stat().st_size}
+            metrics |= measure_targets(ctx.evaluator.also, fp32_source(exported), ctx.evaluator.calibration,
+                                       data.val, val, fresh=True)
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
             logged = run_id and guarded("baseline results", lambda: (
                 self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
@@ -209,8 +226,8 @@ class Search:
 
 def print_summary(report: ReportData, tracker_ui: str, report_dir: Path) -> None:
     print()
-    print(f"Pareto models of study {report.study_name} ({len(report.trials)} completed trials; speedup = "
-          f"baseline median latency / model median latency, measured on the same profile):")
+    print(f"Pareto models of study {report.study_name} on {report.target or 'its profile'} ({len(report.trials)} "
+          f"completed trials; speedup = baseline median latency / model median latency, measured on that profile):")
     print(format_table(report))
     print()
     print(f"report:    {report_dir / 'report.html'}")
