@@ -134,6 +134,7 @@ class SearchConfig(Section):
     sampler: str = setting("tpe", choices=_samplers)
     population_size: int = setting(8, ge=2)
     nni: NniConfig = field(default_factory=NniConfig)
+    also_measure: list[str] = field(default_factory=list)   # extra hw profiles each candidate is timed on
     objectives: list[str] = setting(default_factory=lambda: ["val_accuracy", "latency_ms"], choices=_metrics,
                                     nonempty=True, unique=True)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
@@ -141,7 +142,6 @@ class SearchConfig(Section):
     warm_start: list[float] = setting(default_factory=lambda: [0.25, 0.5, 0.75], ge=0, lt=1, item="ratio",
                                       fix="give pruning ratios such as {key}=[0.25,0.5] (or [] for none)")
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
-    also_measure: list[str] = field(default_factory=list)   # extra hw profiles each candidate is timed on
     hv_max_drop: float = setting(0.1, gt=0, le=1)
     run_name: Optional[str] = None
     heartbeat_s: Optional[float] = setting(30, ge=0, fix="e.g. 30 (0 or null: no heartbeat)")
@@ -300,8 +300,8 @@ class AppConfig:
     recover: RecoverSection = field(default_factory=RecoverSection)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     pick: PickConfig = field(default_factory=PickConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

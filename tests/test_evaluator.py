@@ -21,7 +21,7 @@ from autoprune.tasks import DataSplits
 from autoprune.tasks.models import resnet_small
 
 DATA = Path(__file__).parent / "data"
-STAGES = {"prune", "measure", "finetune", "score", "export"}
+STAGES = {"prune", "measure", "finetune", "score", "export", "artifact"}
 
 
 def splits(n: int = 64) -> DataSplits:
