@@ -94,7 +94,7 @@ def main() -> None:
         rates[n] = 60 * len(group) / span
         print(f"{n:>7} {len(group):>6} {rates[n]:>20.1f} {60 * len(group) / walls[n]:>8.1f}")
     print(f"speed-up of 2 workers: {rates[2] / rates[1]:.2f}x (steady)")
-    stages = ["prune", "measure", "finetune", "score", "export", "log"]
+    stages = ["prune", "measure", "finetune", "score", "export", "artifact", "log"]
     mean = {k: float(np.mean([r[f"seconds_{k}"] for r in breakdown])) for k in stages}
     total = sum(mean.values())
     print("\nper-trial time, 1 worker (mean seconds, share of the trial):")

@@ -59,7 +59,7 @@ def test_gradual_schedules_end_exactly_where_one_shot_does(schedule, make_cfg, t
             for layer in group.layers:
                 w = modules[layer].weight
                 assert int((w == 0).sum()) >= round(0.5 * w.numel()), layer
-    assert result.latency.median_ms > 0 and set(result.seconds) == {"prune", "measure", "finetune", "score", "export"}
+    assert result.latency.median_ms > 0 and set(result.seconds) == {"prune", "measure", "finetune", "score", "export", "artifact"}
 
 
 def test_iterative_channel_schedule_prunes_in_steps_during_finetuning(make_cfg, tmp_path):
