@@ -151,6 +151,59 @@ def prior_space(result: SensitivityResult, ctx: SearchContext, settings: dict) -
     return data
 
 
+def _score_point(ctx: SearchContext, start: torch.nn.Module, name: str, ratio: float, settings: dict, importance: str,
+                 base_acc: float) -> SensitivityPoint:
+    """Prune one group of a copy of `start` at `ratio`, fine-tune it as configured, score and time it."""
+    evaluator = ctx.evaluator
+    space = ctx.space
+    plan = PrunePlan({name: GroupPlan(ratio, settings["pattern"], space.nm, space.block)}, importance)
+    model = copy.deepcopy(start)
+    torch.manual_seed(evaluator.recover.seed)
+    pruned = evaluator.engine.apply(model, plan)
+    if settings["finetune_epochs"] > 0:
+        finetune(model, ctx.task.data.train, evaluator.recover.train, epochs=settings["finetune_epochs"],
+                 masks=pruned.masks)
+    acc = evaluate(model, ctx.task.data.val)
+    latency = _measure(ctx, model) if settings["measure"] else None
+    _, params = tp.utils.count_ops_and_params(model, evaluator.example_input)
+    log.info("  %s @ %.2f: val %.2f%% (drop %.2f pt)%s", name, ratio, 100 * acc, 100 * (base_acc - acc),
+             f", {latency:.3f} ms" if latency is not None else "")
+    return SensitivityPoint(name, ratio, acc, base_acc - acc, latency, int(params))
+
+
+def _prior(points: list[SensitivityPoint], names: list[str], max_drop: float) -> dict[str, float]:
+    """Per group, the highest ratio such that it and every lower tested ratio stay within `max_drop`."""
+    prior = {}
+    for name in names:
+        prior[name] = 0.0
+        for p in sorted((p for p in points if p.group == name), key=lambda p: p.ratio):
+            if p.accuracy_drop > max_drop:
+                break
+            prior[name] = p.ratio
+    return prior
+
+
+def _write_files(result: SensitivityResult, ctx: SearchContext, settings: dict, out: Path) -> dict[str, Path]:
+    """sensitivity.csv / .json / .png and prior.yaml (a search space) under `out`."""
+    files = {"csv": out / "sensitivity.csv", "json": out / "sensitivity.json", "png": out / "sensitivity.png",
+             "prior": out / "prior.yaml"}
+    with files["csv"].open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["group", "ratio", "val_accuracy", "accuracy_drop", "latency_ms", "params"])
+        writer.writerow(["baseline", 0.0, result.baseline_accuracy, 0.0, result.baseline_latency_ms,
+                         result.baseline_params])
+        for p in result.points:
+            writer.writerow([p.group, p.ratio, p.val_accuracy, p.accuracy_drop, p.latency_ms, p.params])
+    files["json"].write_text(json.dumps({
+        "baseline": {"val_accuracy": result.baseline_accuracy, "latency_ms": result.baseline_latency_ms,
+                     "params": result.baseline_params},
+        "settings": settings, "importance": result.importance, "points": [asdict(p) for p in result.points],
+        "prior": result.prior}, indent=2))
+    _plot(result, files["png"])
+    files["prior"].write_text(yaml.safe_dump(prior_space(result, ctx, settings), sort_keys=False))
+    return files
+
+
 def run_sensitivity(cfg: AppConfig, output_dir: Path) -> SensitivityResult:
     """Run the analysis for `cfg` (the same config a search takes, plus `sensitivity:`); writes files under
     `output_dir/sensitivity/` and logs to MLflow. Returns the result (points, prior, files, MLflow run id)."""
@@ -192,48 +245,16 @@ def run_sensitivity(cfg: AppConfig, output_dir: Path) -> SensitivityResult:
             tracker.log(child, params={"group": name, "channels": groups[name].channels, "kind": groups[name].kind,
                                        "pattern": pattern, "importance": importance})
             for ratio in settings["ratios"]:
-                plan = PrunePlan({name: GroupPlan(ratio, pattern, space.nm, space.block)}, importance)
-                model = copy.deepcopy(start)
-                torch.manual_seed(evaluator.recover.seed)
-                pruned = evaluator.engine.apply(model, plan)
-                if settings["finetune_epochs"] > 0:
-                    finetune(model, ctx.task.data.train, evaluator.recover.train,
-                             epochs=settings["finetune_epochs"], masks=pruned.masks)
-                acc = evaluate(model, ctx.task.data.val)
-                latency = _measure(ctx, model) if settings["measure"] else None
-                _, params = tp.utils.count_ops_and_params(model, evaluator.example_input)
-                point = SensitivityPoint(name, ratio, acc, base_acc - acc, latency, int(params))
+                point = _score_point(ctx, start, name, ratio, settings, importance, base_acc)
                 points.append(point)
                 tracker.log(child, step=int(round(100 * ratio)), metrics={
-                    "val_accuracy": acc, "accuracy_drop": point.accuracy_drop, "params": params,
-                    **({"latency_ms": latency} if latency is not None else {})})
-                log.info("  %s @ %.2f: val %.2f%% (drop %.2f pt)%s", name, ratio, 100 * acc,
-                         100 * point.accuracy_drop, f", {latency:.3f} ms" if latency is not None else "")
+                    "val_accuracy": point.val_accuracy, "accuracy_drop": point.accuracy_drop,
+                    "params": point.params, **({"latency_ms": point.latency_ms} if point.latency_ms is not None else {})})
             tracker.end(child)
-        prior = {}
-        for name in names:  # the highest ratio such that it and every lower tested ratio stay within max_drop
-            prior[name] = 0.0
-            for p in sorted((p for p in points if p.group == name), key=lambda p: p.ratio):
-                if p.accuracy_drop > settings["max_drop"]:
-                    break
-                prior[name] = p.ratio
+        prior = _prior(points, names, settings["max_drop"])
         result = SensitivityResult(base_acc, base_lat, int(base_params), points, prior, settings["max_drop"],
                                    pattern, importance, tracker.parent_id)
-        files = {"csv": out / "sensitivity.csv", "json": out / "sensitivity.json", "png": out / "sensitivity.png",
-                 "prior": out / "prior.yaml"}
-        with files["csv"].open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["group", "ratio", "val_accuracy", "accuracy_drop", "latency_ms", "params"])
-            writer.writerow(["baseline", 0.0, base_acc, 0.0, base_lat, base_params])
-            for p in points:
-                writer.writerow([p.group, p.ratio, p.val_accuracy, p.accuracy_drop, p.latency_ms, p.params])
-        files["json"].write_text(json.dumps({
-            "baseline": {"val_accuracy": base_acc, "latency_ms": base_lat, "params": base_params},
-            "settings": settings, "importance": importance, "points": [asdict(p) for p in points],
-            "prior": prior}, indent=2))
-        _plot(result, files["png"])
-        files["prior"].write_text(yaml.safe_dump(prior_space(result, ctx, settings), sort_keys=False))
-        result.files = files
+        files = result.files = _write_files(result, ctx, settings, out)
         tracker.log_artifacts(tracker.parent_id, files.values(), "sensitivity")
         tracker.log(tracker.parent_id, metrics={f"prior.{g}": r for g, r in prior.items()})
         status = "FINISHED"
