@@ -122,6 +122,35 @@ class AllocateConfig(Section):
     table: Optional[str] = None
 
 
+RUNGS = ("rung0", "full")
+PROMOTE = ("front", "all")
+
+
+@dataclass(frozen=True)
+class FidelityConfig(Section):
+    """Multi-fidelity candidates (autoprune.search.fidelity): rungs each candidate climbs, and who is promoted."""
+    where = "search.fidelity"
+    rungs: list[str] = setting(default_factory=lambda: ["full"], choices=RUNGS, nonempty=True, unique=True,
+                               fix="use [full] (every candidate fully recovered) or [rung0,full]")
+    promote: str = setting("front", choices=PROMOTE)
+    margin: float = setting(0.01, ge=0, le=1, fix="a val-accuracy fraction, e.g. {key}=0.01 for 1 point")
+    warmup: int = setting(4, ge=0)
+    bn_batches: int = setting(8, ge=1)
+    steps: Optional[int] = setting(None, ge=1, fix="or null for 10 % of the recovery's steps")
+    table: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rungs[-1] != "full":
+            raise ConfigError(f"search.fidelity.rungs={'[' + ','.join(self.rungs) + ']'} must end with full (the "
+                              "front holds fully recovered models only): use [rung0,full]")
+
+    @property
+    def multi(self) -> bool:
+        """Candidates are scored at rung 0 first and only the promoted ones are fully recovered."""
+        return "rung0" in self.rungs
+
+
 @dataclass(frozen=True)
 class SearchConfig(Section):
     where = "search"
@@ -147,6 +176,8 @@ class SearchConfig(Section):
     heartbeat_s: Optional[float] = setting(30, ge=0, fix="e.g. 30 (0 or null: no heartbeat)")
     max_retry: int = setting(1, ge=0)
     trial_timeout_s: Optional[float] = setting(None, gt=0, fix="or null for no limit")
+    timeout_s: Optional[float] = setting(None, gt=0, fix="or null for no limit")
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
 
 
 # ------------------------------------------------------------------------------------------ prune

@@ -17,8 +17,9 @@ The rung-0 recovery depends on the model:
 
 Latency: measured with the evaluator's backend (cheap for ORT on CPU) unless a latency table
 (autoprune.hw.predictor) is given, which predicts it from the pruned model's widths instead (for profiles
-where measuring is expensive). `Rung0Scorer` needs only the evaluator's pieces and does not touch the
-search loop: a multi-fidelity loop calls `score(plan)` and decides whom to promote.
+where measuring is expensive). `Rung0Scorer` needs only the evaluator's pieces; a multi-fidelity search
+(`search.fidelity.rungs=[rung0,full]`) calls `score(plan)` through autoprune.search.fidelity.Screening,
+which decides whom to promote.
 """
 
 from __future__ import annotations

@@ -8,8 +8,17 @@ process, sharing one cached baseline. Methods: tpe / nsga2 / random / gp / qmc (
 objectives val accuracy and measured latency), uniform (same ratio everywhere, the baseline sweep),
 flops (TPE with objectives val accuracy and MACs: a FLOPs-proxy search), tpe-1pt / tpe-2pt (TPE
 with search.constraints.max_accuracy_drop=0.01 / 0.02: the search told how much accuracy it may
-lose), nni-tpe (NNI's TPE tuner on the scalarised objective). All trials are evaluated on the test
-split.
+lose), nni-tpe (NNI's TPE tuner on the scalarised objective), tpe-mf (TPE with multi-fidelity candidates:
+rung 0 first, full recovery for promoted ones; README "Multi-fidelity search"). All fully recovered
+trials are evaluated on the test split.
+
+Equal wall-clock time instead of equal trials: a large --trials and `--override search.timeout_s=<s>`
+(no trial starts after that many seconds of each search), e.g. multi-fidelity against today's TPE:
+
+    python benchmarks/search_quality.py --methods tpe tpe-mf --trials 500 --override search.timeout_s=300
+
+`trials` in the per-run lines = fully recovered trials / candidates (Optuna trials; equal without
+multi-fidelity).
 
 Side by side: a search sees the latencies it measured itself, but comparing searches that ran minutes
 apart on a shared machine would compare the machine's moods (the baseline alone drifted 30 % between
@@ -71,6 +80,7 @@ METHODS = {
     "tpe-1pt": ["search.sampler=tpe", "search.constraints.max_accuracy_drop=0.01"],
     "tpe-2pt": ["search.sampler=tpe", "search.constraints.max_accuracy_drop=0.02"],
     "nni-tpe": ["search.backend=nni", "search.nni.tuner=tpe"],
+    "tpe-mf": ["search.sampler=tpe", "search.fidelity.rungs=[rung0,full]"],   # multi-fidelity (rung 0 first)
 }
 
 
@@ -92,12 +102,12 @@ def one_search(workdir: Path, method: str, seed: int, trials: int, extra: list[s
         folder = out / "trials" / f"{c.trial:04d}"
         model = ctx.evaluator.rebuild(plans[c.trial], folder / "model.pt")   # weights only
         rows.append((c.val_accuracy, evaluate(model, test), folder / "model.onnx"))
-    done = [t for t in optuna.load_study(study_name=f"{method}-s{seed}", storage=cfg.search.storage).trials
-            if t.datetime_start and t.datetime_complete]
+    all_trials = optuna.load_study(study_name=f"{method}-s{seed}", storage=cfg.search.storage).trials
+    done = [t for t in all_trials if t.datetime_start and t.datetime_complete]
     wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     base = outcome.report.baseline
     return {"method": method, "seed": seed, "cfg": cfg, "rows": rows, "wall": wall, "own_base_ms": base.latency_ms,
-            "base_val": base.val_accuracy, "base_test": base.test_accuracy}
+            "base_val": base.val_accuracy, "base_test": base.test_accuracy, "n_candidates": len(done)}
 
 
 def side_by_side(runs: list[dict], rounds: int, seed: int) -> tuple[dict[Path, float], list[float]]:
@@ -149,9 +159,11 @@ def score_seed(runs: list[dict], rounds: int, seed: int) -> list[dict]:
     points = {r["method"]: [(v, t, latency[path] / base) for v, t, path in r["rows"]] for r in runs}
     points["union"] = [p for r in runs for p in points[r["method"]]]
     walls = {r["method"]: r["wall"] for r in runs} | {"union": sum(r["wall"] for r in runs)}
-    results = [{"method": m, "seed": seed, "wall": walls[m], "base_ms": base, **scores(pts, base_val, base_test)}
-               for m, pts in points.items()]
-    results.append({"method": "ceiling", "seed": seed, "wall": float("nan"), "base_ms": base,
+    counts = {r["method"]: (len(r["rows"]), r["n_candidates"]) for r in runs}
+    counts["union"] = (sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values()))
+    results = [{"method": m, "seed": seed, "wall": walls[m], "base_ms": base, "trials": counts[m],
+                **scores(pts, base_val, base_test)} for m, pts in points.items()]
+    results.append({"method": "ceiling", "seed": seed, "wall": float("nan"), "base_ms": base, "trials": (0, 0),
                     **ceiling(points["union"], base_val, base_test)})
     return results
 
@@ -212,7 +224,8 @@ def main() -> None:
 
 def _run_line(x: dict) -> str:
     return (f"{x['method']:10} seed {x['seed']}: HV val {x['hv_val']:.3f}, HV test {x['hv_test']:.3f}, best x val "
-            f"{x['best_val']:.2f}, test {x['best_test']:.2f} (baseline {x['base_ms']:.3f} ms), {x['wall']:.0f} s")
+            f"{x['best_val']:.2f}, test {x['best_test']:.2f} (baseline {x['base_ms']:.3f} ms), {x['wall']:.0f} s, "
+            f"trials {x['trials'][0]} / {x['trials'][1]}")
 
 
 if __name__ == "__main__":

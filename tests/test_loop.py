@@ -102,7 +102,7 @@ def test_the_progress_line_uses_the_injected_clock(tmp_path, caplog):
     ticks = iter(range(0, 1000, 10))
     clock = lambda: float(next(ticks))  # noqa: E731  every reading is 10 s after the last
     loop, _ = make_loop(tmp_path, [0.9, RuntimeError("x")], n_trials=2, observers=[], clock=clock)
-    loop.observers.append(ProgressObserver(Objectives(), BASELINE, loop.budget, 0.5, clock=clock))
+    loop.observers.append(ProgressObserver(BASELINE, loop.budget, clock=clock))
     with caplog.at_level(logging.INFO, logger="autoprune"):
         loop.run()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]

@@ -9,6 +9,7 @@ from typing import Optional
 import optuna
 
 from autoprune.errors import ConfigError
+from autoprune.search.fidelity import not_promoted
 from autoprune.search.pareto import normalized_hypervolume
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import TRIAL_NUMBER
@@ -52,6 +53,7 @@ class ReportData:
     fingerprint: dict
     max_drop: float
     target: str = ""                     # the hardware profile the front was measured on
+    n_candidates: int = 0                # multi-fidelity: candidates scored at rung 0 and not promoted
 
     @property
     def others(self) -> list[Candidate]:
@@ -147,4 +149,4 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target
         {"profile": target, "measured": "search.also_measure (the search's own environment)"}
     n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)
     return ReportData(study.study_name, baseline, candidates, front, n_failed, hv, fingerprint, max_drop,
-                      target or own)
+                      target or own, sum(not_promoted(t) for t in all_trials))

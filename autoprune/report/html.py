@@ -118,6 +118,7 @@ def render(data: ReportData, title: str, charts: list[Chart], rec: Optional[Reco
            sizes: Optional[SplitSizes]) -> str:
     context = {"study": data.study_name, "completed trials": len(data.trials),
                "feasible trials": sum(c.feasible for c in data.trials), "failed trials": data.n_failed,
+               **({"rung-0 candidates not promoted": data.n_candidates} if data.n_candidates else {}),
                "Pareto models": len(data.front),
                "validation / test examples": "unknown" if sizes is None else f"{sizes.val:,} / {sizes.test:,}",
                **{f"hw {k}": v for k, v in sorted(data.fingerprint.items())}}

@@ -7,15 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoprune.config import AppConfig
+from autoprune.errors import ConfigError
 from autoprune.hw import load_profile
 from autoprune.hw.backend import check_ready
 from autoprune.hw.predictor import LatencyTable
+from autoprune.search.fidelity import check_objectives
 from autoprune.search.searchers import check_nni
 from autoprune.targets import load_targets
 
 
 def check_search(cfg: AppConfig) -> None:
-    """The NNI tuner when search.backend=nni, the allocation's latency table, and whether the hardware profile can be measured from here
+    """The NNI tuner when search.backend=nni, the allocation's latency table, multi-fidelity's objectives
+    and latency table, and whether the hardware profile can be measured from here
     (otherwise the search would only fail at the baseline's measurement)."""
     if cfg.search.backend == "nni":
         check_nni(cfg.search.nni.tuner)
@@ -23,5 +26,12 @@ def check_search(cfg: AppConfig) -> None:
     allocate = cfg.search.allocate
     if allocate.budgets and allocate.table:   # a table for this profile, readable
         LatencyTable.load(Path(allocate.table), profile)
+    fidelity = cfg.search.fidelity
+    if fidelity.multi:   # rung 0 can rank on these objectives; its latency table is for this profile
+        problem = check_objectives(cfg.search.objectives)
+        if problem:
+            raise ConfigError(problem)
+        if fidelity.table:
+            LatencyTable.load(Path(fidelity.table), profile)
     check_ready(profile)
     load_targets(cfg.search.also_measure, profile)   # search.also_measure: each measurable from here

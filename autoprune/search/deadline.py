@@ -21,13 +21,14 @@ class TrialTimeout(AutopruneError):
 
 
 @contextlib.contextmanager
-def deadline(seconds: Optional[float]) -> Iterator[None]:
+def deadline(seconds: Optional[float], limit: Optional[float] = None) -> Iterator[None]:
+    """Raise TrialTimeout after `seconds`; `limit`: the setting named in the message (default `seconds`)."""
     if not seconds or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def expire(signum, frame):
-        raise TrialTimeout(f"trial ran longer than search.trial_timeout_s={seconds}")
+        raise TrialTimeout(f"trial ran longer than search.trial_timeout_s={limit or seconds}")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, float(seconds))

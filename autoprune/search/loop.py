@@ -12,7 +12,11 @@ Everything else a search does (MLflow runs, the progress line, heartbeats, the r
   retry; never between ask and tell, nor while observers open or close a trial's records;
 - the trial limit (`search.trial_timeout_s`), which fails the trial and lets the search go on;
 - stale trials: a trial whose worker stopped beating is failed by Optuna (`fail_stale_trials`), then
-  each observer sees it end `lost` (`StaleTrialHandler` has already enqueued its retry).
+  each observer sees it end `lost` (`StaleTrialHandler` has already enqueued its retry);
+- the search's time limit (`search.timeout_s`): no trial starts after it, the one running finishes;
+- multi-fidelity candidates (`search.fidelity`, autoprune.search.fidelity): each plan is scored at rung 0
+  first; observers see `on_rung_end`, and a candidate that is not promoted ends `candidate` (told PRUNED);
+- the front's hypervolume after each trial, computed once and passed to every observer in the outcome.
 
 Every started trial ends exactly once with a `TrialOutcome`, even when the loop itself raises.
 """
@@ -23,7 +27,7 @@ import itertools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -34,7 +38,9 @@ from autoprune.candidate import CandidateEvaluator, TrialResult
 from autoprune.plan import PrunePlan
 from autoprune.search.deadline import deadline
 from autoprune.search.early_stop import ParetoStopper
+from autoprune.search.fidelity import RUNG0_ATTR, RungOutcome, Screening
 from autoprune.search.objectives import Objectives
+from autoprune.search.pareto import front_hypervolume
 from autoprune.search.searchers import Searcher
 from autoprune.search.space import SearchSpace
 from autoprune.search.workers import INTERRUPTED_ATTR, StaleTrialHandler, budget_used, claim
@@ -42,13 +48,17 @@ from autoprune.search.workers import INTERRUPTED_ATTR, StaleTrialHandler, budget
 log = logging.getLogger("autoprune")
 
 COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST = "complete", "pruned", "failed", "interrupted", "lost"
+CANDIDATE = "candidate"   # scored at rung 0 and not promoted (multi-fidelity): told PRUNED, never on the front
 
 
 @dataclass(frozen=True)
 class TrialOutcome:
     """How one trial ended. `state`: complete (result and metrics set), pruned (stopped early),
-    failed (its evaluation raised or ran past the trial limit), interrupted (Ctrl-C / SIGTERM: retried),
-    lost (its worker died: found by this worker, retried)."""
+    candidate (scored at rung 0, not promoted: `rung` set), failed (its evaluation raised or ran past the
+    trial limit), interrupted (Ctrl-C / SIGTERM: retried), lost (its worker died: found by this worker,
+    retried). `rung`: its rung-0 score and promotion (multi-fidelity searches). `hypervolume`, `completed`,
+    `candidates`: the study's front after this trial (the normalised hypervolume of its feasible complete
+    trials, how many trials completed, how many were scored at rung 0); None when it ended without a tell."""
 
     state: str
     reason: Optional[str] = None
@@ -57,6 +67,10 @@ class TrialOutcome:
     position: int = 0          # the trial's place in the budget (1-based), 0 for a lost trial
     seconds: float = 0.0       # wall time of the trial in this loop
     workdir: Optional[Path] = None
+    rung: Optional[RungOutcome] = None
+    hypervolume: Optional[float] = None
+    completed: Optional[int] = None
+    candidates: Optional[int] = None
 
     @classmethod
     def lost(cls, reason: str) -> "TrialOutcome":
@@ -70,6 +84,9 @@ class Observer(Protocol):
 
     def on_trial_start(self, study: optuna.Study, trial: optuna.Trial) -> None: ...
 
+    def on_rung_end(self, study: optuna.Study, trial: optuna.Trial, rung: RungOutcome) -> None:
+        """Multi-fidelity: the trial's candidate was scored at rung 0 and promoted or not."""
+
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.BaseTrial, outcome: TrialOutcome) -> None: ...
 
     def on_search_end(self, study: optuna.Study) -> None: ...
@@ -82,6 +99,9 @@ class BaseObserver:
         pass
 
     def on_trial_start(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        pass
+
+    def on_rung_end(self, study: optuna.Study, trial: optuna.Trial, rung: RungOutcome) -> None:
         pass
 
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.BaseTrial, outcome: TrialOutcome) -> None:
@@ -112,12 +132,14 @@ class SearchLoop:
                  objectives: Objectives, baseline: dict, budget: Budget, output_dir: Path,
                  observers: Sequence[Observer] = (), stale: Optional[StaleTrialHandler] = None,
                  stopper: Optional[ParetoStopper] = None, trial_timeout_s: Optional[float] = None,
-                 check_stale: bool = False, clock: Callable[[], float] = time.perf_counter):
+                 check_stale: bool = False, clock: Callable[[], float] = time.perf_counter,
+                 screening: Optional[Screening] = None, max_drop: float = 0.1, timeout_s: Optional[float] = None):
         self.study, self.searcher, self.space, self.evaluator = study, searcher, space, evaluator
         self.objectives, self.baseline, self.budget, self.output_dir = objectives, baseline, budget, Path(output_dir)
         self.observers = list(observers)
         self.stale = stale if stale is not None else StaleTrialHandler(0)
         self.stopper, self.trial_timeout_s, self.check_stale, self.clock = stopper, trial_timeout_s, check_stale, clock
+        self.screening, self.max_drop, self.timeout_s = screening, max_drop, timeout_s
 
     def _notify(self, hook: str, *args) -> None:
         for observer in self.observers:
@@ -129,7 +151,12 @@ class SearchLoop:
         # never between ask and tell, nor while a trial's records are opened or closed.
         with interrupts.held():
             self._notify("on_search_start")
+            started = self.clock() if self.timeout_s is not None else 0.0
             for i in itertools.count():
+                if self.timeout_s is not None and self.clock() - started >= self.timeout_s:
+                    log.info("search.timeout_s=%g reached after %d trial(s) of this run: no more trials (the "
+                             "study keeps them; run again to go on)", self.timeout_s, i)
+                    break
                 trial = self._next_trial()
                 if trial is None:
                     if i == 0:
@@ -155,7 +182,7 @@ class SearchLoop:
         outcome: Optional[TrialOutcome] = None
         try:
             self._notify("on_trial_start", trial)
-            outcome = self._evaluate_and_tell(trial, plan, workdir, position, started)
+            outcome = self._with_front(self._evaluate_and_tell(trial, plan, workdir, position, started))
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM: failed, records closed, retried like a killed trial (a second signal waits
             # until this is done: autoprune.interrupts)
@@ -172,18 +199,41 @@ class SearchLoop:
             if outcome is not None and outcome.state == INTERRUPTED:
                 self.stale.retry(self.study, self.study.trials[trial.number])
 
+    def _with_front(self, outcome: TrialOutcome) -> TrialOutcome:
+        """The outcome with the study's front after it: hypervolume, completed trials, rung-0 candidates."""
+        hv, completed = front_hypervolume(self.study, self.objectives, self.baseline, self.max_drop)
+        candidates = sum(1 for t in self.study.get_trials(deepcopy=False) if RUNG0_ATTR in t.user_attrs)
+        return replace(outcome, hypervolume=hv, completed=completed, candidates=candidates)
+
+    def _remaining(self, started: float) -> Optional[float]:
+        """What is left of the trial limit (search.trial_timeout_s) after `started`."""
+        if self.trial_timeout_s is None:
+            return None
+        return max(self.trial_timeout_s - (self.clock() - started), 1e-3)
+
     def _evaluate_and_tell(self, trial: optuna.Trial, plan: PrunePlan, workdir: Path, position: int,
                            started: float) -> TrialOutcome:
-        """Evaluate one plan. A trial that raises or runs past the trial limit is told failed with its
-        reason (a stopped one: pruned) and the search goes on; an interrupt is told failed and re-raised."""
+        """Evaluate one plan (multi-fidelity: rung 0 first; a candidate not promoted is told pruned). A
+        trial that raises or runs past the trial limit is told failed with its reason (a stopped one:
+        pruned) and the search goes on; an interrupt is told failed and re-raised."""
         monitor = self.stopper.monitor(trial) if self.stopper else None
+        rung: Optional[RungOutcome] = None
         try:
-            with interrupts.allowed(), deadline(self.trial_timeout_s):
+            if self.screening is not None:
+                with interrupts.allowed(), deadline(self._remaining(started), self.trial_timeout_s):
+                    rung = self.screening.screen(self.study, trial, plan)
+                self._notify("on_rung_end", trial, rung)
+                if not rung.promoted:
+                    self.searcher.tell(trial, None, None, optuna.trial.TrialState.PRUNED)
+                    return TrialOutcome(CANDIDATE, rung.promotion.reason, position=position, workdir=workdir,
+                                        seconds=self.clock() - started, rung=rung)
+            with interrupts.allowed(), deadline(self._remaining(started), self.trial_timeout_s):
                 result = self.evaluator.evaluate(plan, workdir, monitor)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("stop_reason", str(exc))
             self.searcher.tell(trial, None, None, optuna.trial.TrialState.PRUNED)
-            return TrialOutcome(PRUNED, str(exc), position=position, workdir=workdir, seconds=self.clock() - started)
+            return TrialOutcome(PRUNED, str(exc), position=position, workdir=workdir, seconds=self.clock() - started,
+                                rung=rung)
         except (Exception, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = "interrupted" if interrupted else one_line(exc)
@@ -193,7 +243,8 @@ class SearchLoop:
             self.searcher.tell(trial, None, None)
             if interrupted:
                 raise
-            return TrialOutcome(FAILED, reason, position=position, workdir=workdir, seconds=self.clock() - started)
+            return TrialOutcome(FAILED, reason, position=position, workdir=workdir, seconds=self.clock() - started,
+                                rung=rung)
         metrics = result.metrics()
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
@@ -205,7 +256,7 @@ class SearchLoop:
         self.searcher.tell(trial, self.objectives.values(metrics), metrics)
         (workdir / "plan.json").write_text(plan.to_json())
         (workdir / "latency.json").write_text(json.dumps(result.latency.to_dict(), indent=2))
-        return TrialOutcome(COMPLETE, None, result, metrics, position, self.clock() - started, workdir)
+        return TrialOutcome(COMPLETE, None, result, metrics, position, self.clock() - started, workdir, rung)
 
 
-__all__ = ["BaseObserver", "Budget", "Observer", "SearchLoop", "TrialOutcome"]
+__all__ = ["BaseObserver", "Budget", "CANDIDATE", "Observer", "SearchLoop", "TrialOutcome"]

@@ -1,8 +1,9 @@
 """What a search does around its loop, as observers (autoprune.search.loop.Observer):
 
     MlflowObserver     one nested MLflow run per trial (params, metrics, artifacts, state), runs of lost
-                       trials closed KILLED, MLflow reconciled with Optuna (start and end)
-    MlflowProgressObserver  the parent run's hypervolume and completed-trial count after each trial
+                       trials closed KILLED, MLflow reconciled with Optuna (start and end); in a
+                       multi-fidelity search a candidate run per rung-0 score, a trial run on promotion
+    MlflowProgressObserver  the parent run's hypervolume, completed-trial and candidate counts after each trial
     ProgressObserver   the per-trial log line: result, front size, hypervolume, elapsed, ETA
     HeartbeatObserver  a heartbeat for the running trial (search.heartbeat_s), so other workers can find
                        it stale if this worker dies
@@ -35,15 +36,15 @@ from autoprune.recover import evaluate
 from autoprune.report import ReportData, collect, write_report
 from autoprune.report.collect import record_test_accuracy
 from autoprune.report.recommend import SplitSizes
-from autoprune.search.loop import (COMPLETE, FAILED, INTERRUPTED, LOST, PRUNED, BaseObserver, Budget, TrialOutcome,
-                                   one_line)
-from autoprune.search.objectives import Objectives
-from autoprune.search.pareto import normalized_hypervolume
+from autoprune.search.fidelity import RUNG_ATTR, RungOutcome
+from autoprune.search.loop import (CANDIDATE, COMPLETE, FAILED, INTERRUPTED, LOST, PRUNED, BaseObserver, Budget,
+                                   TrialOutcome, one_line)
+from autoprune.search.pareto import front_hypervolume
 from autoprune.search.workers import OWNER_ATTR, Heartbeat
 from autoprune.tasks import DataSplits
 from autoprune.track import Tracker
-from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, STATE, STUDY, TRIAL_NUMBER,
-                                            TrackingError, TrialRecord)
+from autoprune.track.mlflow_tracker import (FAIL_REASON, ONNX_MODEL_ID, PARETO, PROMOTED, PROMOTION, RUNG, STATE,
+                                            STUDY, TRIAL_NUMBER, TrackingError, TrialRecord)
 
 log = logging.getLogger("autoprune")
 TRIAL_ARTIFACTS = ("plan.json", "latency.json", "model.onnx", FP32_NAME, "model.pt")  # what a trial run holds
@@ -58,14 +59,6 @@ def guarded(what: str, call: Callable[[], Any]) -> Any:
         return None
 
 
-def front_hypervolume(study: optuna.Study, objectives: Objectives, baseline: dict, max_drop: float
-                      ) -> tuple[float, int]:
-    """Normalised hypervolume of the feasible completed trials, and how many trials completed."""
-    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-    feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
-    return normalized_hypervolume([t.user_attrs for t in feasible], objectives.names, baseline, max_drop), len(complete)
-
-
 def _fmt_time(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m}:{s:02d}"
@@ -73,16 +66,38 @@ def _fmt_time(seconds: float) -> str:
 
 class MlflowObserver(BaseObserver):
     """The MLflow side of a search: trial runs nested in the parent run, which it does not open or close
-    (Search does, around the baseline and the report)."""
+    (Search does, around the baseline and the report). `screening`: a multi-fidelity search, whose trial
+    run starts only when its candidate is promoted."""
 
-    def __init__(self, tracker: Tracker, study_name: str, groups: list[PrunableGroup], output_dir: Path):
+    def __init__(self, tracker: Tracker, study_name: str, groups: list[PrunableGroup], output_dir: Path,
+                 screening: bool = False):
         self.tracker, self.study_name, self.groups, self.output_dir = tracker, study_name, groups, Path(output_dir)
+        self.screening = screening
 
     # ------------------------------------------------------------------------------------ trials
     def trial_params(self, plan: PrunePlan) -> dict:
         return {f"ratio.{g.name}": plan.ratio(g.name) for g in self.groups} | {"importance": plan.importance}
 
     def on_trial_start(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        if not self.screening:
+            self._start_trial_run(trial)
+
+    def on_rung_end(self, study: optuna.Study, trial: optuna.Trial, rung: RungOutcome) -> None:
+        """The candidate's run (role candidate, finished at once); a promoted one's trial run starts."""
+        plan = PrunePlan.from_dict(trial.user_attrs["plan"])
+        tags = {STUDY: self.study_name, TRIAL_NUMBER: trial.number, RUNG: rung.rung,
+                PROMOTED: str(rung.promoted).lower(), PROMOTION: rung.promotion.reason}
+        run_id = guarded("a candidate run", lambda: self.tracker.start_child(
+            f"candidate-{trial.number}", "candidate", tags))
+        if run_id:
+            seconds = {f"seconds_{k}": v for k, v in rung.result.seconds.items()}
+            guarded("candidate results", lambda: (
+                self.tracker.log(run_id, params=self.trial_params(plan), metrics=rung.metrics | seconds),
+                self.tracker.end(run_id)))
+        if rung.promoted:
+            self._start_trial_run(trial)
+
+    def _start_trial_run(self, trial: optuna.Trial) -> None:
         run_id = guarded("start of a trial run", lambda: self.tracker.start_child(
             f"trial-{trial.number}", "trial", {STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"}))
         if run_id:
@@ -92,6 +107,8 @@ class MlflowObserver(BaseObserver):
 
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.BaseTrial, outcome: TrialOutcome) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
+        if outcome.state == CANDIDATE:   # not promoted: its candidate run is all it has
+            return
         if outcome.state == COMPLETE:
             if run_id and not guarded("trial results", lambda: self._log_trial(run_id, outcome)):
                 self.close_run(run_id, "FINISHED", {"autoprune.logging_error": "results or artifacts incomplete"})
@@ -129,7 +146,8 @@ class MlflowObserver(BaseObserver):
         records = []
         for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
             attrs, workdir = t.user_attrs, self.output_dir / "trials" / f"{t.number:04d}"
-            metrics = {k: v for k, v in attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            metrics = {k: v for k, v in attrs.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != RUNG_ATTR}
             metrics |= {f"seconds_{k}": v for k, v in attrs.get("seconds", {}).items()}
             own = attrs.get(OWNER_ATTR) == process_owner()
             records.append(TrialRecord(t.number, attrs.get("mlflow_run_id"),
@@ -147,28 +165,31 @@ class MlflowObserver(BaseObserver):
 
 
 class MlflowProgressObserver(BaseObserver):
-    """The parent run's progress metrics after each trial this process ran: hypervolume, completed trials."""
+    """The parent run's progress metrics after each trial this process ran: hypervolume, completed trials
+    (and, in a multi-fidelity search, the candidates scored at rung 0), as the loop computed them."""
 
-    def __init__(self, tracker: Tracker, objectives: Objectives, baseline: dict, max_drop: float):
-        self.tracker, self.objectives, self.baseline, self.max_drop = tracker, objectives, baseline, max_drop
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
 
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.BaseTrial, outcome: TrialOutcome) -> None:
         parent = self.tracker.parent_id
-        if outcome.state in (COMPLETE, PRUNED, FAILED) and parent:
-            hv, completed = front_hypervolume(study, self.objectives, self.baseline, self.max_drop)
-            guarded("search progress", lambda: self.tracker.log(
-                parent, metrics={"hypervolume": hv, "completed_trials": completed}, step=trial.number))
+        if outcome.hypervolume is None or not parent:
+            return
+        metrics = {"hypervolume": outcome.hypervolume, "completed_trials": outcome.completed}
+        if outcome.candidates:
+            metrics["candidates"] = outcome.candidates
+        guarded("search progress", lambda: self.tracker.log(parent, metrics=metrics, step=trial.number))
 
 
 class ProgressObserver(BaseObserver):
     """One log line per trial:
     `trial 16/24 (#15) 2.8s | val 98.33% | 0.174 ms (3.48x) | 36,522 params | front 5 | hv 0.760 | 0:51 elapsed, ETA 0:25`
+    multi-fidelity (the rung-0 score first; `full 6 of 16 candidates`: fully recovered vs scored at rung 0):
+    `trial 16/24 (#15) 0.4s | rung 0 val 91.94% | not promoted: dominated at rung 0 by #9 | full 6 of 16 candidates | front 4 | ...`
     """
 
-    def __init__(self, objectives: Objectives, baseline: dict, budget: Budget, max_drop: float,
-                 clock: Callable[[], float] = time.perf_counter):
-        self.objectives, self.baseline, self.budget, self.max_drop, self.clock = (
-            objectives, baseline, budget, max_drop, clock)
+    def __init__(self, baseline: dict, budget: Budget, clock: Callable[[], float] = time.perf_counter):
+        self.baseline, self.budget, self.clock = baseline, budget, clock
         self.started: float = clock()
         self.finished = 0   # trials this process ran to an end (complete, pruned, failed)
 
@@ -179,17 +200,24 @@ class ProgressObserver(BaseObserver):
         if outcome.state in (INTERRUPTED, LOST):
             return
         self.finished += 1
-        hv, _ = front_hypervolume(study, self.objectives, self.baseline, self.max_drop)
         elapsed, n_trials = self.clock() - self.started, self.budget.n_trials
-        progress = (f"front {len(study.best_trials)} | hv {hv:.3f} | {_fmt_time(elapsed)} elapsed, "
+        hv = "-" if outcome.hypervolume is None else f"{outcome.hypervolume:.3f}"
+        progress = (f"front {len(study.best_trials)} | hv {hv} | {_fmt_time(elapsed)} elapsed, "
                     f"ETA {_fmt_time(elapsed / self.finished * max(0, n_trials - outcome.position))}")
+        rung = ""
+        if outcome.rung is not None:
+            progress = f"full {outcome.completed} of {outcome.candidates} candidates | {progress}"
+            rung = f"rung 0 val {100 * outcome.rung.result.val_accuracy:.2f}% | "
         result: Optional[TrialResult] = outcome.result
         if result is None:
-            what = f"stopped early: {outcome.reason}" if outcome.state == PRUNED else f"FAILED: {outcome.reason}"
-            log.info("trial %d/%d (#%d) %s | %s", outcome.position, n_trials, trial.number, what, progress)
+            what = {PRUNED: f"stopped early: {outcome.reason}",
+                    CANDIDATE: f"not promoted: {outcome.reason}"}.get(outcome.state, f"FAILED: {outcome.reason}")
+            took = f"{outcome.seconds:.1f}s | " if outcome.state == CANDIDATE else ""
+            log.info("trial %d/%d (#%d) %s%s%s | %s", outcome.position, n_trials, trial.number, took, rung, what,
+                     progress)
             return
-        log.info("trial %d/%d (#%d) %.1fs | val %.2f%% | %.3f ms (%.2fx) | %s params | %s", outcome.position, n_trials,
-                 trial.number, outcome.seconds, 100 * result.val_accuracy, result.latency.median_ms,
+        log.info("trial %d/%d (#%d) %.1fs | %sval %.2f%% | %.3f ms (%.2fx) | %s params | %s", outcome.position,
+                 n_trials, trial.number, outcome.seconds, rung, 100 * result.val_accuracy, result.latency.median_ms,
                  self.baseline["latency_ms"] / result.latency.median_ms, f"{result.params:,}", progress)
 
 

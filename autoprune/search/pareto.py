@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import optuna
 from optuna._hypervolume import compute_hypervolume   # exact, any dimension (pinned optuna: constraints.txt)
 
-from autoprune.search.objectives import DIRECTIONS
+from autoprune.search.objectives import DIRECTIONS, Objectives
 
 
 def losses(metrics: Mapping[str, float], objectives: Sequence[str], baseline: Mapping[str, float],
@@ -47,3 +48,11 @@ def normalized_hypervolume(trials: Sequence[Mapping[str, float]], objectives: Se
     if len(points) == 0:
         return 0.0
     return float(compute_hypervolume(points, np.ones(len(objectives))))
+
+
+def front_hypervolume(study: optuna.Study, objectives: Objectives, baseline: Mapping[str, float], max_drop: float
+                      ) -> tuple[float, int]:
+    """Normalised hypervolume of the feasible completed trials, and how many trials completed."""
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+    return normalized_hypervolume([t.user_attrs for t in feasible], objectives.names, baseline, max_drop), len(complete)

@@ -20,12 +20,15 @@ from autoprune.config import AppConfig
 from autoprune.context import SearchContext, check_inputs, finish_context
 from autoprune.hw import LatencyStats, export_model, load_profile
 from autoprune.hw.artifact import fp32_source
+from autoprune.hw.predictor import LatencyTable
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, format_table
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
+from autoprune.rung0 import Rung0Config, Rung0Scorer
 from autoprune.search.allocate import warm_start_plans
 from autoprune.search.checks import check_search
 from autoprune.search.early_stop import ParetoStopper
+from autoprune.search.fidelity import PromotionRule, Screening
 from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerprint, study_fingerprint
 from autoprune.search.loop import Budget, Observer, SearchLoop, TrialOutcome
 from autoprune.search.objectives import Objectives
@@ -95,7 +98,8 @@ class Search:
             self.study.set_user_attr(ATTR, self.fingerprint)
         self.budget = Budget(cfg.search.n_trials, cfg.search.storage, cfg.search.run_name or None)
         self.max_drop = cfg.search.hv_max_drop
-        self.mlflow = MlflowObserver(self.tracker, self.study_name, self.ctx.groups, self.output_dir)
+        self.mlflow = MlflowObserver(self.tracker, self.study_name, self.ctx.groups, self.output_dir,
+                                     screening=cfg.search.fidelity.multi)
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -139,8 +143,8 @@ class Search:
                                     self.max_drop)
             self._loop(baseline, [HeartbeatObserver(Heartbeat(self.storage, cfg.search.heartbeat_s or 0)),
                                   self.mlflow,
-                                  MlflowProgressObserver(self.tracker, self.objectives, baseline, self.max_drop),
-                                  ProgressObserver(self.objectives, baseline, self.budget, self.max_drop),
+                                  MlflowProgressObserver(self.tracker),
+                                  ProgressObserver(baseline, self.budget),
                                   report]).run()
             assert report.report is not None
             outcome = SearchOutcome(self.tracker.parent_id, report.report, report.files)
@@ -161,7 +165,18 @@ class Search:
             self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"]))
         return SearchLoop(self.study, searcher, self.ctx.space, self.ctx.evaluator, self.objectives, baseline,
                           self.budget, self.output_dir, observers, stale=self.stale, stopper=stopper,
-                          trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s))
+                          trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s),
+                          screening=self._screening(), max_drop=self.max_drop, timeout_s=search.timeout_s)
+
+    def _screening(self) -> Screening | None:
+        """Rung 0 of a multi-fidelity search (search.fidelity), None for a single-fidelity one."""
+        fidelity = self.cfg.search.fidelity
+        if not fidelity.multi:
+            return None
+        needs_latency = "latency_ms" in self.objectives.names or "max_latency_ms" in dict(self.objectives.bounds)
+        table = LatencyTable.load(Path(fidelity.table), self.ctx.profile) if fidelity.table else None
+        scorer = Rung0Scorer(self.ctx.evaluator, Rung0Config(fidelity.bn_batches, fidelity.steps, needs_latency), table)
+        return Screening(scorer, PromotionRule(self.objectives, fidelity.margin, fidelity.warmup, fidelity.promote))
 
     def _target(self) -> str:
         """The target(s) of this search's front(s): `cpu-ort-int8-1t (int8, batch 1)`, then also_measure's."""
@@ -226,8 +241,9 @@ class Search:
 
 def print_summary(report: ReportData, tracker_ui: str, report_dir: Path) -> None:
     print()
+    screened = f", {report.n_candidates} more candidates scored at rung 0 only" if report.n_candidates else ""
     print(f"Pareto models of study {report.study_name} on {report.target or 'its profile'} ({len(report.trials)} "
-          f"completed trials; speedup = baseline median latency / model median latency, measured on that profile):")
+          f"completed trials{screened}; speedup = baseline median latency / model median latency, measured on that profile):")
     print(format_table(report))
     print()
     print(f"report:    {report_dir / 'report.html'}")

@@ -2,7 +2,10 @@
 
 One parent run per invocation (tag autoprune.role=search) holding the report; nested runs for the
 baseline (autoprune.role=baseline) and for each trial (autoprune.role=trial, autoprune.trial_number,
-autoprune.state). Every run carries its process (autoprune.owner), so runs a killed process left
+autoprune.state). Trial runs are full-fidelity results only: in a multi-fidelity search each candidate
+also gets a run of its own at rung 0 (autoprune.role=candidate, autoprune.rung=0,
+autoprune.trial_number, autoprune.promoted=true|false with autoprune.promotion saying why, its rung-0
+metrics); a promoted candidate's trial run has the same trial number. Every run carries its process (autoprune.owner), so runs a killed process left
 RUNNING are closed as KILLED by the next search of the study. Everything goes through
 MlflowClient: no global active-run state.
 
@@ -149,6 +152,9 @@ STUDY = "autoprune.study"
 TRIAL_NUMBER = "autoprune.trial_number"
 STATE = "autoprune.state"
 PARETO = "autoprune.pareto"
+RUNG = "autoprune.rung"             # candidate runs: the rung they were scored at (0)
+PROMOTED = "autoprune.promoted"     # candidate runs: true | false
+PROMOTION = "autoprune.promotion"   # candidate runs: why (promoted or not)
 PARENT = "mlflow.parentRunId"
 GROUP = "autoprune.run_group"
 OWNER = "autoprune.owner"
