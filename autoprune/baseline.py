@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sized, cast
 
 import torch
 import torch.nn as nn
@@ -60,7 +60,7 @@ def load_baseline(task: Task, cache_dir: Path) -> tuple[nn.Module, str]:
         _load_state(model, cached)
         return model.eval(), f"cache {cached}"
     log.info("training the baseline: %d epochs on %d samples (cached afterwards in %s)",
-             task.train.epochs, len(task.data.train), cached)
+             task.train.epochs, len(cast(Sized, task.data.train)), cached)
     train(model, task.data.train, task.train,
           on_epoch=lambda e, _: log.info("baseline epoch %d/%d", e + 1, task.train.epochs))
     save_weights(model, cached)  # atomic: a crash (or a worker training the same baseline) never leaves half a file
@@ -69,7 +69,7 @@ def load_baseline(task: Task, cache_dir: Path) -> tuple[nn.Module, str]:
 
 def chance_level(data: Dataset) -> tuple[float, int]:
     """(accuracy of always answering the most frequent label, number of classes) on `data`."""
-    counts = Counter(int(label) for _, label in data)
+    counts = Counter(int(label) for _, label in cast(Iterable, data))
     total = sum(counts.values())
     return (max(counts.values()) / total if total else 0.0), len(counts)
 

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sized, Union, cast
 from pathlib import Path
 
 import torch
@@ -127,7 +127,7 @@ class CandidateEvaluator:
     def total_steps(self) -> int:
         """Optimizer steps of one fine-tuning run (what a schedule's prune points refer to)."""
         train_cfg = self.recover.train
-        return train_cfg.epochs * -(-len(self.data.train) // train_cfg.batch_size)
+        return train_cfg.epochs * -(-len(cast(Sized, self.data.train)) // train_cfg.batch_size)
 
     def finetune(self, model: nn.Module, **kwargs) -> None:
         """Fine-tune on the training split with recover.train (and the teacher, with recover.kd)."""
@@ -223,6 +223,7 @@ class CandidateEvaluator:
         scores = self.artifact_scores(deployed, "val", val_accuracy)
         targets = measure_targets(self.also, fp32_source(exported), self.calibration, self.data.val, val_accuracy)
         lap("artifact")
+        assert exported.weights_path is not None  # export_model always writes the weights
         return TrialResult(plan, scores["val_accuracy"], latency, int(macs), int(params),
                            deployed.onnx_path.stat().st_size, deployed.onnx_path, exported.weights_path, seconds,
                            encoding.weight_sparsity, encoding.sparse, encoding.dense, dict(skipped), dict(pruned.repaired),

@@ -71,20 +71,20 @@ def run(cfg: DictConfig | AppConfig, output_dir: Path):
     if cfg.mode == "pick":
         from autoprune.pick import run_pick
 
-        outcome = run_pick(cfg)
-        done = "reused" if outcome.reused else "registered"
-        print(f"{done} {outcome.model_name} version {outcome.version} with alias '{outcome.alias}' "
-              f"(trial {outcome.chosen.trial}); ONNX exported to {outcome.onnx_path}\n"
+        picked = run_pick(cfg)
+        done = "reused" if picked.reused else "registered"
+        print(f"{done} {picked.model_name} version {picked.version} with alias '{picked.alias}' "
+              f"(trial {picked.chosen.trial}); ONNX exported to {picked.onnx_path}\n"
               f"serve it: PATH=.venv/bin:$PATH MLFLOW_TRACKING_URI={cfg.tracking.uri} "
-              f"mlflow models serve -m 'models:/{outcome.model_name}@{outcome.alias}' --env-manager local -p 5001")
-        return outcome
+              f"mlflow models serve -m 'models:/{picked.model_name}@{picked.alias}' --env-manager local -p 5001")
+        return picked
     if cfg.mode == "reproduce":
         from autoprune.reproduce import run_reproduce
 
-        outcome = run_reproduce(cfg, output_dir)
-        print(f"trial {outcome.trial}: logged vs reproduced now")
-        print(outcome.table())
-        return outcome
+        reproduced = run_reproduce(cfg, output_dir)
+        print(f"trial {reproduced.trial}: logged vs reproduced now")
+        print(reproduced.table())
+        return reproduced
     if cfg.mode == "calibrate":
         from autoprune.calibrate import run_calibrate
 
@@ -95,11 +95,11 @@ def run(cfg: DictConfig | AppConfig, output_dir: Path):
     if cfg.mode == "sensitivity":
         from autoprune.sensitivity import run_sensitivity
 
-        result = run_sensitivity(cfg, output_dir)
-        print(result.table())
-        print(f"curves: {result.files['png']}\nprior search space: {result.files['prior']} "
+        sensitivity = run_sensitivity(cfg, output_dir)
+        print(sensitivity.table())
+        print(f"curves: {sensitivity.files['png']}\nprior search space: {sensitivity.files['prior']} "
               "(use it with search_space=<that path>)")
-        return result
+        return sensitivity
     raise AssertionError(f"mode {cfg.mode!r} passed the schema but has no runner")
 
 

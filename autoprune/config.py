@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -347,7 +347,7 @@ class AppConfig:
             return cfg
         if isinstance(cfg, DictConfig):
             try:
-                cfg = OmegaConf.to_container(cfg, resolve=True)
+                cfg = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
             except OmegaConfBaseException as exc:
                 raise ConfigError(f"the config does not resolve: {first_line(exc)} (check the ${{...}} "
                                   f"interpolations against {CFG_HINT})") from None

@@ -47,6 +47,9 @@ def write_bundle(data: ReportData, tracker: Tracker, out_dir: Path) -> Path:
     for c in data.front:
         target = out_dir / "models" / f"trial-{c.trial:04d}.onnx"
         if not target.exists():
+            if c.run_id is None:  # its trial has no MLflow run (tracking was down): nothing to download
+                log.warning("bundle: %s left out, it has no MLflow run to download its ONNX from", c.label)
+                continue
             # downloaded beside the target, then renamed into place: never half-written, and never a
             # rename across filesystems ($TMPDIR on another one fails with EXDEV)
             with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:

@@ -63,8 +63,8 @@ class ModelCard:
 
     def tags(self) -> dict[str, str]:
         """The registered version's tags: every metric, the intervals, where it was measured, how it was picked."""
-        val_ci = self._ci(self.model.val_accuracy, self.sizes and self.sizes.val)
-        test_ci = self._ci(self.model.test_accuracy, self.sizes and self.sizes.test)
+        val_ci = self._ci(self.model.val_accuracy, self.sizes.val if self.sizes else None)
+        test_ci = self._ci(self.model.test_accuracy, self.sizes.test if self.sizes else None)
         tags = {f"autoprune.{k}": f"{v:.6g}" for k, v in self.metrics().items()}
         tags |= {STUDY_TAG: self.study, TRIAL_TAG: str(self.model.trial), RUN_TAG: self.model.run_id or "",
                  "autoprune.pick_rule": self.rule, "autoprune.hw_profile": self.hw_profile,
@@ -96,15 +96,15 @@ class ModelCard:
             ci = self._ci(accuracy, n)
             return f"{100 * accuracy:.2f}%" + (f" (95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%, n={n})" if ci else "")
 
-        sizes = self.sizes
+        n_val, n_test = (self.sizes.val, self.sizes.test) if self.sizes else (None, None)
         lines = [
             f"Trial #{m.trial} of study `{self.study}`, picked by autoprune: {self.rule}.",
             "",
             "| | this model | baseline |",
             "|---|---|---|",
-            f"| val accuracy | {pct(m.val_accuracy, sizes and sizes.val)} | {pct(b.val_accuracy, sizes and sizes.val)} |",
-            f"| test accuracy | {pct(m.test_accuracy, sizes and sizes.test)} | "
-            f"{pct(b.test_accuracy, sizes and sizes.test)} |",
+            f"| val accuracy | {pct(m.val_accuracy, n_val)} | {pct(b.val_accuracy, n_val)} |",
+            f"| test accuracy | {pct(m.test_accuracy, n_test)} | "
+            f"{pct(b.test_accuracy, n_test)} |",
             f"| latency median / p90 | {m.latency_ms:.4f} / {m.latency_p90_ms:.4f} ms | "
             f"{b.latency_ms:.4f} / {b.latency_p90_ms:.4f} ms |",
             f"| speedup | {b.latency_ms / m.latency_ms:.2f}x | 1.00x |",

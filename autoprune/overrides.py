@@ -34,7 +34,7 @@ def check_overrides(args: Sequence[str], modes: Sequence[str] = ()) -> None:
     conf = resource_dir("conf")
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         groups = [o for o in overrides if _is_group(o, conf)]
-        base = _compose([o.input_line for o in groups])          # defaults of the selected task etc.
+        base = _compose([o.input_line for o in groups if o.input_line is not None])          # defaults of the selected task etc.
         keys = _keys(base)
         for o in overrides:
             hydra_key = o.key_or_group == "hydra" or o.key_or_group.startswith("hydra.")
@@ -92,7 +92,7 @@ def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     """Every key of the config, nested ones dotted (`search.n_trials`)."""
     out = []
     for key in cfg.keys():
-        dotted = f"{prefix}{key}"
+        dotted = prefix + str(key)
         out.append(dotted)
         node = cfg._get_node(key)
         if isinstance(node, DictConfig) and not node._is_interpolation() and not node._is_missing():

@@ -126,6 +126,7 @@ def run_pick(cfg: AppConfig) -> PickOutcome:
                 version = existing
             else:
                 example = splits.val_inputs(N_EXAMPLES).numpy()
+                assert chosen.run_id is not None  # checked above; scoring on test keeps the run
                 model_id = tracker.log_deploy_model(chosen.run_id, onnx_file, example, card.metadata())
                 version = tracker.register(model_id, name, p.alias, card.tags(), card.description())
         os.replace(staged, export)
@@ -148,6 +149,7 @@ def _score_on_test(study: optuna.Study, tracker: Tracker, chosen: Candidate, onn
     from autoprune.deploy import onnx_accuracy
 
     accuracy = onnx_accuracy(onnx_file, splits.test)
+    assert chosen.run_id is not None  # run_pick checked it
     tracker.log(chosen.run_id, metrics={"test_accuracy": accuracy})
     record_test_accuracy(study, chosen.trial, accuracy)
     log.info("%s is not a Pareto model: scored on the test split before registering it: %.2f%%", chosen.label,

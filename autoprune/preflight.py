@@ -261,7 +261,8 @@ def _child(conn, model, example, pruner, ratios, memory_mb) -> None:
         conn.send(("report", report.to_dict()))
     except BaseException as exc:  # noqa: BLE001  everything ends as a message to the parent
         memory = isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)
-        frames, link = [], exc
+        frames: list = []
+        link: Optional[BaseException] = exc
         while link is not None:  # outermost first: an exception's frames, then those of its cause
             frames += [frame for frame, _ in traceback.walk_tb(link.__traceback__)]
             link = link.__cause__ or link.__context__
@@ -305,6 +306,7 @@ def run_preflight(model: nn.Module, example: torch.Tensor, pruner, ratios: Seque
             else:
                 outcome = message
         if outcome is None and child.is_alive():  # time is up: ask where it is, then end it
+            assert child.pid is not None  # started, and alive
             os.kill(child.pid, signal.SIGUSR1)
             while receive.poll(10):
                 try:

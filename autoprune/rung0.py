@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sized, cast
 
 import torch
 import torch_pruning as tp
@@ -128,8 +128,8 @@ class Rung0Scorer:
         else:
             steps = self.finetune_steps()
             rng = torch.Generator().manual_seed(ev.recover.seed)
-            n = min(len(ev.data.train), steps * train_cfg.batch_size)
-            subset = Subset(ev.data.train, torch.randperm(len(ev.data.train), generator=rng)[:n].tolist())
+            n = min(len(cast(Sized, ev.data.train)), steps * train_cfg.batch_size)
+            subset = Subset(ev.data.train, torch.randperm(len(cast(Sized, ev.data.train)), generator=rng)[:n].tolist())
             finetune(model, subset, train_cfg, epochs=math.ceil(steps * train_cfg.batch_size / max(n, 1)),
                      masks=pruned.masks)
         lap("recover")

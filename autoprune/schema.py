@@ -22,7 +22,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union, cast
 
 from autoprune.errors import ConfigError
 
@@ -126,7 +126,7 @@ def _range_error(rule: Rule, label: str, key: str, example: Any, integer: bool) 
         return f"{label} is outside {low}, {high}" + (f": {fix}" if fix else "")
     op, bound = ((">=", rule.ge) if rule.ge is not None else (">", rule.gt) if rule.gt is not None else
                  ("<=", rule.le) if rule.le is not None else ("<", rule.lt))
-    want = rule.want or f"{'an integer' if integer else 'a number'} {op} {_num(bound)}"
+    want = rule.want or f"{'an integer' if integer else 'a number'} {op} {_num(cast(float, bound))}"
     return f"{label} must be {want}" + (f", {fix}" if fix else "")
 
 
@@ -206,7 +206,7 @@ def convert(tp: Any, value: Any, key: str, example: Any = None, lenient: bool = 
                 continue
         raise refuse()
     origin = typing.get_origin(tp) or tp
-    if dataclasses.is_dataclass(origin):
+    if isinstance(origin, type) and dataclasses.is_dataclass(origin):
         return build(origin, value, key, lenient=lenient)
     if origin is bool:
         if isinstance(value, bool):

@@ -223,18 +223,18 @@ def run_sensitivity(cfg: AppConfig, output_dir: Path) -> SensitivityResult:
     if settings["max_groups"] is not None:
         names = names[:settings["max_groups"]]
 
-    tracker.start_root(f"sensitivity-{ctx.task.name}", {ROLE: "sensitivity", "autoprune.task": ctx.task.name})
+    run_id = tracker.start_root(f"sensitivity-{ctx.task.name}", {ROLE: "sensitivity", "autoprune.task": ctx.task.name})
     status = "FAILED"
     try:
-        tracker.log(tracker.parent_id, params={"task": ctx.task.name, "hw": ctx.profile.name, "pattern": pattern,
-                                               "importance": importance, "ratios": settings["ratios"],
-                                               "finetune_epochs": settings["finetune_epochs"],
-                                               "max_drop": settings["max_drop"], "groups": len(names)})
+        tracker.log(run_id, params={"task": ctx.task.name, "hw": ctx.profile.name, "pattern": pattern,
+                                    "importance": importance, "ratios": settings["ratios"],
+                                    "finetune_epochs": settings["finetune_epochs"],
+                                    "max_drop": settings["max_drop"], "groups": len(names)})
         base_acc = evaluate(start, ctx.task.data.val)
         base_lat = _measure(ctx, start) if settings["measure"] else None
         _, base_params = tp.utils.count_ops_and_params(start, evaluator.example_input)
-        tracker.log(tracker.parent_id, metrics={"baseline_val_accuracy": base_acc, "baseline_params": base_params,
-                                                **({"baseline_latency_ms": base_lat} if base_lat is not None else {})})
+        tracker.log(run_id, metrics={"baseline_val_accuracy": base_acc, "baseline_params": base_params,
+                                     **({"baseline_latency_ms": base_lat} if base_lat is not None else {})})
         log.info("sensitivity of %d groups at ratios %s (%s, %s): baseline val %.2f%%%s", len(names),
                  settings["ratios"], pattern, importance, 100 * base_acc,
                  f", {base_lat:.3f} ms" if base_lat is not None else "")
@@ -253,14 +253,14 @@ def run_sensitivity(cfg: AppConfig, output_dir: Path) -> SensitivityResult:
             tracker.end(child)
         prior = _prior(points, names, settings["max_drop"])
         result = SensitivityResult(base_acc, base_lat, int(base_params), points, prior, settings["max_drop"],
-                                   pattern, importance, tracker.parent_id)
+                                   pattern, importance, run_id)
         files = result.files = _write_files(result, ctx, settings, out)
-        tracker.log_artifacts(tracker.parent_id, files.values(), "sensitivity")
-        tracker.log(tracker.parent_id, metrics={f"prior.{g}": r for g, r in prior.items()})
+        tracker.log_artifacts(run_id, files.values(), "sensitivity")
+        tracker.log(run_id, metrics={f"prior.{g}": r for g, r in prior.items()})
         status = "FINISHED"
         return result
     finally:
-        tracker.end(tracker.parent_id, status)
+        tracker.end(run_id, status)
 
 
 __all__ = ["SensitivityPoint", "SensitivityResult", "prior_space", "run_sensitivity"]

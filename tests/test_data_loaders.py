@@ -170,3 +170,14 @@ def test_cifar_batch_of_the_official_protocol_2_layout_loads(tmp_path):
         pickle.dump({b"labels": [1, 2], b"data": data}, f, protocol=2)
     got, labels = cifar10._read_batch(path)
     assert (got == data).all() and labels.tolist() == [1, 2]
+
+
+def test_preprocessing_takes_mean_and_std_together():
+    from autoprune.tasks.data import Preprocessing
+
+    with pytest.raises(ConfigError, match="give mean and std together"):
+        Preprocessing("pixels", 255.0, mean=(0.5,))
+    with pytest.raises(ConfigError, match="one value per channel"):
+        Preprocessing("pixels", 255.0, mean=(0.5, 0.5), std=(0.25,))
+    prep = Preprocessing("pixels", 2.0, (0.5,), (0.25,))
+    assert prep.apply(np.full((1, 1, 2), 2.0)).tolist() == [[[2.0, 2.0]]]

@@ -178,3 +178,13 @@ def test_retry_starts_clean_and_stops_after_max_retry(tmp_path):
     study.tell(again, state=optuna.trial.TrialState.FAIL)
     handler.retry(study, study.trials[again.number])
     assert len(study.trials) == 2  # max_retry=1: the retry is not retried
+
+
+def test_a_heartbeat_under_a_second_opens_the_storage(tmp_path):
+    """search.heartbeat_s accepts any number >= 0; Optuna's heartbeat interval is whole seconds > 0."""
+    from autoprune.search.study import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_s=0.5)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    assert (storage.heartbeat_interval, storage.grace_period) == (1, 4)
+    assert open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_s=30).heartbeat_interval == 30

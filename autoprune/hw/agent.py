@@ -58,7 +58,7 @@ from autoprune.hw.remote import PROFILE_HEADER
 log = logging.getLogger("autoprune.agent")
 DEFAULT_PORT = 8765
 MIN_TOKEN_CHARS = 16
-GRACEFUL_SHUTDOWN_S = 5.0  # on Ctrl-C, requests in progress get this long; then their measurements are killed
+GRACEFUL_SHUTDOWN_S = 5  # seconds (uvicorn takes an int); on Ctrl-C, requests in progress get this long; then their measurements are killed
 T = TypeVar("T")
 
 

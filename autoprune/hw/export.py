@@ -7,7 +7,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import onnx
 import torch
@@ -41,6 +41,7 @@ def _onnx_log_off() -> Iterator[None]:
     """torch's TorchScript exporter turns its C++ log on for every export (it tests the function
     `_jit_is_onnx_log_enabled` instead of calling it), so a failed export prints the whole TorchScript
     graph on stderr. Keep the log off: the ExportError says what failed."""
+    utils: Any   # a private torch module (or None)
     try:
         from torch.onnx._internal.torchscript_exporter import utils
     except ImportError:  # another torch layout: nothing to switch off

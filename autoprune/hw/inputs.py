@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnx
@@ -42,7 +43,7 @@ def input_specs(onnx_path: Path, profile: HardwareProfile) -> list[InputSpec]:
                     f"dims but input '{inp.name}' has {len(dims) - 1} per sample: fix input_shape")
             sample = list(profile.input_shape)
         else:
-            sample = dims[1:]
+            sample = cast(list[int], dims[1:])  # checked just below: no dynamic (None) dim
             if any(d is None for d in sample):
                 raise MeasurementError(f"input '{inp.name}' of {onnx_path.name} has dynamic dims {dims}: "
                                        f"set input_shape in hardware profile '{profile.name}'")

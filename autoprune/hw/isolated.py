@@ -80,7 +80,7 @@ def stop_children() -> None:
 
 def _child(send, measure: MeasureFn, onnx_path: str, profile: HardwareProfile) -> None:
     try:
-        outcome = {"stats": measure(Path(onnx_path), profile).to_dict()}
+        outcome: dict[str, object] = {"stats": measure(Path(onnx_path), profile).to_dict()}
     except AutopruneError as exc:
         outcome = {"error": str(exc)}
     except MemoryError:

@@ -61,7 +61,7 @@ def make_session(onnx_path: Path, profile: HardwareProfile, enable_profiling_in:
         options.profile_file_prefix = str(Path(enable_profiling_in) / "ort")
     check_provider(profile)
     provider = (profile.provider, {"device_id": _device_id(profile)}) if profile.uses_cuda else profile.provider
-    model = str(onnx_path)
+    model: str | bytes = str(onnx_path)
     if profile.precision == "fp16":
         model = to_fp16(onnx.load(str(onnx_path))).SerializeToString()
     try:

@@ -71,8 +71,8 @@ def module_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
     shapes = {}
     for name, m in model.named_modules():
         if isinstance(m, LAYER_TYPES):
-            linear = isinstance(m, nn.Linear)
-            shapes[name] = (m.in_features, m.out_features) if linear else (m.in_channels, m.out_channels)
+            shapes[name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
+                            else (m.in_channels, m.out_channels))
     return shapes
 
 
@@ -104,6 +104,7 @@ def layer_spec(name: str, module: nn.Module, input_shape: tuple[int, ...], in_gr
     if isinstance(module, nn.Linear):
         return LayerSpec(name, "linear", module.in_features, module.out_features, tuple(input_shape), in_group,
                          out_group)
+    assert isinstance(module, nn.modules.conv._ConvNd), f"{name}: not a Conv / Linear module"
     c_in, c_out = module.in_channels, module.out_channels
     padding = module.padding if isinstance(module.padding, str) else list(module.padding)
     conv = {"kernel_size": list(module.kernel_size), "stride": list(module.stride), "padding": padding,
@@ -118,7 +119,7 @@ def width_options(groups: Mapping[str, int], ratios: Sequence[float], round_to: 
     return {g: sorted({kept_channels(ch, float(r), round_to) for r in ratios}) for g, ch in groups.items()}
 
 
-def width_pairs(spec: LayerSpec, options: dict[str, list[int]]) -> list[tuple[int, int]]:
+def width_pairs(spec: LayerSpec, options: Mapping[str, Sequence[int]]) -> list[tuple[int, int]]:
     ins = options.get(spec.in_group, [spec.in_channels]) if spec.in_group else [spec.in_channels]
     outs = options.get(spec.out_group, [spec.out_channels]) if spec.out_group else [spec.out_channels]
     if spec.depthwise:
@@ -240,7 +241,8 @@ class LatencyTable:
             data = json.loads(Path(path).read_text())
             if data.get("format") != FORMAT_VERSION:
                 raise ValueError(f"format {data.get('format')} (expected {FORMAT_VERSION})")
-            layers, entries = [], {}
+            layers: list[LayerSpec] = []
+            entries: dict[str, dict] = {}
             for item in data["layers"]:
                 table = item.pop("entries")
                 item["input_shape"] = tuple(item["input_shape"])

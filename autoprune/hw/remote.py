@@ -46,6 +46,7 @@ def _detail(response) -> str:
 def check_agent(profile: HardwareProfile, timeout_s: float = 5.0) -> None:
     """Raise MeasurementError unless the profile's token is readable and its agent answers /health."""
     read_token(profile.agent_token)
+    assert profile.agent_url is not None, "check_agent needs a remote profile (agent_url set)"
     try:
         import httpx
     except ImportError:
@@ -65,6 +66,7 @@ class RemoteBackend:
             import httpx
         except ImportError:
             raise MeasurementError("the agent client needs httpx: pip install 'autoprune[agent]'") from None
+        assert profile.agent_url is not None, "RemoteBackend needs a remote profile (agent_url set)"
         url = profile.agent_url.rstrip("/") + "/measure"
         body = as_exported(model).onnx_path.read_bytes()
         headers = {"Authorization": f"Bearer {read_token(profile.agent_token)}",

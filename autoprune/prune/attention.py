@@ -16,7 +16,7 @@ table); `num_heads` follows (head_dim stays). At least one head always stays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ import torch_pruning as tp
 @dataclass(frozen=True)
 class FusedAttention:
     name: str
-    module: nn.Module
+    module: Any   # an nn.Module with `qkv` / `proj` nn.Linear and an int `num_heads` (is_fused_attention)
 
     @property
     def num_heads(self) -> int:
@@ -110,10 +110,10 @@ class FusedAttentionPruner(tp.pruner.BasePruningFunc):
         tp.prune_linear_in_channels(layer.qkv, idxs)
         return layer
 
-    def get_out_channels(self, layer: nn.Module) -> int:
+    def get_out_channels(self, layer: Any) -> int:   # a fused attention module
         return layer.proj.out_features
 
-    def get_in_channels(self, layer: nn.Module) -> int:
+    def get_in_channels(self, layer: Any) -> int:
         return layer.qkv.in_features
 
 

@@ -28,7 +28,7 @@ import logging
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -64,7 +64,7 @@ def _guard_reshape_mapping() -> None:
         except ZeroDivisionError:
             _OPAQUE.add(node.module)
 
-    update._autoprune_guard = True
+    setattr(update, "_autoprune_guard", True)
     index_mapping.update_reshape_index_mapping = update
 
 
@@ -72,7 +72,7 @@ _OPAQUE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _guard_reshape_mapping()
 
 
-def _all_groups(graph, ignored: list, names: dict, excluded: dict[str, str]):
+def _all_groups(graph, ignored: Iterable, names: dict, excluded: dict[str, str]):
     """torch-pruning's `get_all_groups`, one root at a time: a root whose coupling torch-pruning cannot
     map (an index past a concat or split it could not size) is excluded with the reason instead of
     ending the whole trace."""

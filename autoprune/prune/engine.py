@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union, cast
 
 import torch
 import torch.nn as nn
@@ -49,12 +49,12 @@ class MaskSet:
     """Keep-masks (True = keep) on layers' weights, by layer name."""
 
     def __init__(self) -> None:
-        self.masks: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+        self.masks: dict[str, tuple[Any, torch.Tensor]] = {}   # name -> (layer with a `weight`, keep mask)
 
     def set(self, name: str, module: nn.Module, keep: torch.Tensor) -> None:
         if keep.shape != module.weight.shape:
             raise PruningError(f"mask of shape {tuple(keep.shape)} does not fit layer '{name}' "
-                               f"{tuple(module.weight.shape)}")
+                               f"{tuple(cast(torch.Tensor, module.weight).shape)}")
         self.masks[name] = (module, keep.to(torch.bool))
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ magnitude criteria do with |w|^p.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ from autoprune.errors import ConfigError
 from autoprune.prune.criteria import GRADIENT_CRITERIA
 from autoprune.prune.saliency import GradientStats, weight_scores
 
-IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
+IMPORTANCES: dict[str, Optional[Callable[[], tp.importance.Importance]]] = {
     # Group L2 norm of all weights coupled to a channel (the default).
     "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -54,7 +54,8 @@ class ScoreImportance(tp.importance.Importance):
 
     def _scores(self, layer: nn.Module) -> torch.Tensor:
         prefix = self.names[layer]
-        return weight_scores(self.criterion, f"{prefix}.weight" if prefix else "weight", layer.weight, self.stats)
+        return weight_scores(self.criterion, f"{prefix}.weight" if prefix else "weight",
+                             cast(torch.Tensor, layer.weight), self.stats)
 
     @torch.no_grad()
     def __call__(self, group) -> Optional[torch.Tensor]:
@@ -94,4 +95,6 @@ def make_importance(name: str, model: Optional[nn.Module] = None,
         if model is None:
             raise ConfigError(f"importance '{name}' needs gradients: build it with make_importance(name, model, stats)")
         return ScoreImportance(name, model, stats)
-    return IMPORTANCES[name]()
+    factory = IMPORTANCES[name]
+    assert factory is not None, f"{name} is a gradient criterion"   # GRADIENT_CRITERIA: handled above
+    return factory()

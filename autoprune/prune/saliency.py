@@ -20,7 +20,7 @@ them stale, and `GradientStats.reset` starts them again.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn as nn
@@ -110,10 +110,10 @@ def weight_scores(criterion: str, name: str, weight: torch.Tensor,
     if criterion == "random":
         return torch.rand(w.shape)
     if criterion == "taylor":
-        mean = _stat(stats, "sum", name, w, criterion) / max(1, stats.count[name])
+        mean = _stat(stats, "sum", name, w, criterion) / max(1, cast(GradientStats, stats).count[name])
         return (w * mean).abs()
     if criterion == "hessian":
-        fisher = _stat(stats, "sq", name, w, criterion) / max(1, stats.count[name])
+        fisher = _stat(stats, "sq", name, w, criterion) / max(1, cast(GradientStats, stats).count[name])
         return 0.5 * w * w * fisher
     if criterion == "movement":
         return -w * _stat(stats, "sum", name, w, criterion)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 import copy
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import Any, Callable, ClassVar, Optional, Protocol, cast
 
 import torch.nn as nn
 
@@ -179,7 +179,7 @@ class ScheduleConfig:
         from autoprune.config import AgpConfig, IterativeConfig, LthConfig, PruneConfig
         from autoprune.schema import check_value, field_at, rule_of
 
-        check_value(rule_of(field_at(PruneConfig, "schedule")[1]), self.kind, "prune.schedule")
+        check_value(rule_of(cast(tuple, field_at(PruneConfig, "schedule"))[1]), self.kind, "prune.schedule")
         IterativeConfig(self.steps)
         AgpConfig(self.agp_steps, self.agp_start, self.agp_end)
         LthConfig(self.rounds, self.rewind_epoch, self.train_epochs)

@@ -119,7 +119,7 @@ def global_unstructured_masks(weights: Sequence[torch.Tensor], amount: Optional[
         raise ConfigError("give exactly one of amount (fraction of all weights) or drop (how many)")
     for w in weights:
         _check_weight(w)
-    ranked = [_scores_for(w, s, w.abs()) for w, s in zip(weights, scores or [None] * len(weights))]
+    ranked = [_scores_for(w, s, w.abs()) for w, s in zip(weights, scores if scores else [None] * len(weights))]
     with torch.no_grad():
         flat = torch.cat([r.detach().reshape(-1).float() for r in ranked])
         keep = _drop_smallest(flat, round(_check_amount(amount) * flat.numel()) if drop is None else drop)

@@ -25,7 +25,7 @@ autoprune.prune.saliency), summed over everything a head / neuron owns. bn_scale
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,7 @@ from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scor
 @dataclass(frozen=True)
 class _Layer:
     prefix: str
-    attention: nn.Module      # the BertSelfAttention-like module
+    attention: Any            # the BertSelfAttention-like module (num_attention_heads, attention_head_size)
     query: nn.Linear
     key: nn.Linear
     value: nn.Linear
@@ -49,7 +49,7 @@ class _Layer:
     out: nn.Linear
 
 
-def _get(module: nn.Module, path: str):
+def _get(module: Any, path: str):
     for part in path.split("."):
         module = getattr(module, part, None)
         if module is None:

@@ -10,9 +10,10 @@ keeps its position.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Sized, cast
 
 import torch
 import torch.nn as nn
@@ -59,7 +60,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig,
 
 
 def steps_per_epoch(data: Dataset, config: TrainConfig) -> int:
-    return math.ceil(len(data) / config.batch_size)
+    return math.ceil(len(cast(Sized, data)) / config.batch_size)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -119,7 +120,7 @@ def finetune(model: nn.Module, data: Dataset, config: TrainConfig, *,
                 model.train()
             if rebuilt:  # new parameter tensors: new optimizer, same place on the learning-rate curve
                 optimizer = _optimizer(model, config)
-                schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s, base=step: lr_at(s + base))
+                schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lambda base, s: lr_at(s + base), step))
             logits = model(x)
             loss = loss_fn(logits, y)
             if teacher is not None and kd_alpha > 0:

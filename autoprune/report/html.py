@@ -43,8 +43,8 @@ COLUMNS = ["model", "val accuracy [95% CI]", "test accuracy [95% CI]", "test −
 def _row(c: Candidate, data: ReportData, sizes: Optional[SplitSizes], rec: Optional[Recommendation]) -> str:
     base = data.baseline
     is_rec = rec is not None and rec.model.trial == c.trial
-    val, val_key = _accuracy(c.val_accuracy, sizes and sizes.val)
-    test, test_key = _accuracy(c.test_accuracy, sizes and sizes.test)
+    val, val_key = _accuracy(c.val_accuracy, sizes.val if sizes else None)
+    test, test_key = _accuracy(c.test_accuracy, sizes.test if sizes else None)
     gap, gap_key, gap_class = _gap(c, sizes)
     drop = 100 * (base.val_accuracy - c.val_accuracy)
     speedup = base.latency_ms / c.latency_ms
@@ -69,8 +69,8 @@ def recommendation(data: ReportData, rec: Optional[Recommendation], sizes: Optio
         return ('<section id="recommendation"><p>No Pareto model is faster than the baseline: '
                 "nothing to recommend over it.</p></section>")
     c, base = rec.model, data.baseline
-    val, _ = _accuracy(c.val_accuracy, sizes and sizes.val)
-    test, _ = _accuracy(c.test_accuracy, sizes and sizes.test)
+    val, _ = _accuracy(c.val_accuracy, sizes.val if sizes else None)
+    test, _ = _accuracy(c.test_accuracy, sizes.test if sizes else None)
     return f"""<section id="recommendation"><h2>Recommended model: <span id="rec-model">{esc(c.label)}</span></h2>
 <p>{esc(c.label)} is {esc(rec.reason)}. Validation accuracy {val}, test accuracy {test}; median latency {c.latency_ms:.4g} ms
 ({base.latency_ms / c.latency_ms:.2f}× faster than the baseline's {base.latency_ms:.4g} ms); {c.params:,} parameters.</p>

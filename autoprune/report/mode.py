@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import optuna
 
@@ -21,7 +21,7 @@ log = logging.getLogger("autoprune")
 def split_sizes(study: optuna.Study) -> Optional[SplitSizes]:
     """The validation / test split sizes the search recorded with the study (data, never a factory to
     rerun: stored configs are not executed); None for studies of before, whose report has no intervals."""
-    stored = study.user_attrs.get(SPLIT_SIZES)
+    stored: Any = study.user_attrs.get(SPLIT_SIZES)   # None (older study): TypeError below
     try:
         return SplitSizes(int(stored["val"]), int(stored["test"]))
     except (TypeError, KeyError, ValueError):

@@ -56,7 +56,7 @@ def write_report(data: ReportData, out_dir: Path, sizes: Optional[SplitSizes] = 
         "n_failed": data.n_failed, "n_candidates": data.n_candidates, "split_sizes": sizes and asdict(sizes),
         "recommended": rec and {"trial": rec.model.trial, "reason": rec.reason, "command": rec.command},
     }, indent=2))
-    charts = plots.charts(data, rec and rec.model, sizes)
+    charts = plots.charts(data, rec.model if rec else None, sizes)
     pngs = [chart.save_png(out_dir) for chart in charts]
     html_path = out_dir / "report.html"
     on = f" on {data.target}" if data.target else ""

@@ -22,7 +22,7 @@ from autoprune.report.recommend import SplitSizes, interval
 
 DPI = 110
 FRONT, OTHER, BASE, REC = "#d62728", "#9a9a9a", "#1f77b4", "#2ca02c"
-_SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "autoprune"}
+_SVG_RC: dict = {"svg.fonttype": "none", "svg.hashsalt": "autoprune"}
 
 
 @dataclass

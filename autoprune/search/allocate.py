@@ -115,7 +115,7 @@ def allocate(space: SearchSpace, scores: Mapping[str, torch.Tensor], latency: La
     baseline_ms = latency.predict_widths({})
     feasible = current <= budget_ms
     while feasible:
-        best, best_key, best_ms = None, None, None
+        best, best_key, best_ms = None, None, 0.0
         for i, d in enumerate(dims):
             if index[i] == 0:
                 continue

@@ -10,9 +10,10 @@ below the baseline's, so it holds whatever accuracy the baseline turns out to ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence, cast
 
-DIRECTIONS = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
+Direction = Literal["minimize", "maximize"]
+DIRECTIONS: dict[str, Direction] = {"val_accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
               "onnx_bytes": "minimize"}
 # constraint name -> (metric, +1 for an upper bound / -1 for a lower bound)
 CONSTRAINTS = {"max_latency_ms": ("latency_ms", 1), "min_accuracy": ("val_accuracy", -1),
@@ -33,13 +34,13 @@ class Objectives:
         from autoprune.config import ConstraintsConfig, SearchConfig
         from autoprune.schema import build, check_value, field_at, rule_of
 
-        _, objectives = field_at(SearchConfig, "objectives")
+        _, objectives = cast(tuple, field_at(SearchConfig, "objectives"))  # a field of the schema
         check_value(rule_of(objectives), list(names), "search.objectives")
         bounds = build(ConstraintsConfig, constraints, "search.constraints").bounds()
         return cls(tuple(names), tuple((k, float(v)) for k, v in bounds.items()))
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         return [DIRECTIONS[n] for n in self.names]
 
     def values(self, metrics: Mapping[str, float]) -> list[float]:

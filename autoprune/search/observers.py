@@ -132,9 +132,13 @@ class MlflowObserver(BaseObserver):
         return True
 
     def close_run(self, run_id: Optional[str], status: str, tags: dict) -> None:
+        def close(run_id: str) -> None:
+            if tags:
+                self.tracker.log(run_id, tags=tags)
+            self.tracker.end(run_id, status)
+
         if run_id:
-            guarded("closing a run", lambda: (tags and self.tracker.log(run_id, tags=tags),
-                                              self.tracker.end(run_id, status)))
+            guarded("closing a run", lambda: close(run_id))
 
     def close_orphaned_runs(self) -> Optional[list[str]]:
         """This study's runs that a killed process left RUNNING, ended KILLED."""

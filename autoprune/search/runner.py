@@ -47,7 +47,7 @@ TARGET_TAG = "autoprune.target"   # on the parent run: the profile its front bel
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    parent_run_id: str
+    parent_run_id: str | None   # None: MLflow was unreachable (the search went on without it)
     report: ReportData
     report_files: list[Path]
 
@@ -64,7 +64,7 @@ class _Records:
     tracker: Tracker
 
 
-def _open_records(cfg: AppConfig, fingerprint: str, stale: StaleTrialHandler) -> _Records:
+def _open_records(cfg: AppConfig, fingerprint: dict[str, str], stale: StaleTrialHandler) -> _Records:
     """After the cheap checks, before the baseline trains: a bad URL fails fast."""
     storage = open_storage(cfg.search.storage, cfg.search.heartbeat_s, stale)
     if cfg.search.study_name:  # a named study may hold another search's trials: refuse to mix them
@@ -217,10 +217,14 @@ class Search:
             metrics |= measure_targets(ctx.evaluator.also, fp32_source(exported), ctx.evaluator.calibration,
                                        data.val, val, fresh=True)
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
-            logged = run_id and guarded("baseline results", lambda: (
+
+            def log_results(run_id: str) -> bool:
                 self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
-                                 params={f"hw.{k}": v for k, v in latency.fingerprint.items()}),
-                self.tracker.log_artifacts(run_id, [exported.onnx_path, Path(tmp) / "latency.json"])))
+                                 params={f"hw.{k}": v for k, v in latency.fingerprint.items()})
+                self.tracker.log_artifacts(run_id, [exported.onnx_path, Path(tmp) / "latency.json"])
+                return True
+
+            logged = run_id and guarded("baseline results", lambda: log_results(run_id))
         self.mlflow.close_run(run_id, "FINISHED" if logged else "FAILED",
                               {} if logged else {"autoprune.logging_error": "baseline results incomplete"})
         return metrics, latency, n_params

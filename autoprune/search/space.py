@@ -132,7 +132,7 @@ class SearchSpace:
 
     def encode(self, plan: PrunePlan) -> dict:
         """Optuna parameters that make `suggest` return `plan` (for enqueueing warm-start points)."""
-        params = {d.param: d.range.snap(plan.ratio(d.groups[0])) for d in self.dimensions}
+        params: dict[str, float | str] = {d.param: d.range.snap(plan.ratio(d.groups[0])) for d in self.dimensions}
         for d in self.dimensions:
             if len(d.patterns) > 1:
                 pattern = plan.pattern(d.groups[0])
@@ -169,7 +169,7 @@ class SearchSpace:
 
 def _match(patterns: Sequence[str], names: Sequence[str], where: str) -> list[str]:
     """Group names matched by names or glob patterns; a pattern matching nothing is an error."""
-    out = []
+    out: list[str] = []
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, str(pattern))]
         if not hits:
@@ -237,7 +237,7 @@ def _names_and_kinds(all_groups) -> tuple[list[str], dict[str, str]]:
     return names, kinds
 
 
-def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "l2",
+def build_space(data: Mapping, all_groups: Sequence, default_importance: str | Sequence[str] = "l2",
                 where: str = "search space", defaults: Mapping | None = None) -> SearchSpace:
     """Validate a search-space mapping against the model's groups (names, or PrunableGroups whose `kind`
     the per-layer-type `patterns` key on). `defaults`: the `prune:` config (pattern, nm, block) used for
@@ -269,7 +269,8 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
     def fit(r: RatioRange, members: Sequence[str]) -> RatioRange:
         return _feasible(r, min(feasible.get(m, 1.0) for m in members))
 
-    dims, tied = [], set()
+    dims: list[Dimension] = []
+    tied: set[str] = set()
     for name, members_spec in (data.get("tie") or {}).items():
         members = _match(members_spec if isinstance(members_spec, list) else [members_spec], groups,
                          f"{where} tie '{name}'")
@@ -305,7 +306,7 @@ def build_space(data: Mapping, all_groups: Sequence, default_importance: str = "
     return SearchSpace(tuple(dims), importances, probe.nm, probe.block, per_group=bool(data.get("per_group")))
 
 
-def load_space(name_or_path: str, all_groups: Sequence, default_importance: str = "l2",
+def load_space(name_or_path: str, all_groups: Sequence, default_importance: str | Sequence[str] = "l2",
                defaults: Mapping | None = None) -> SearchSpace:
     path = resolve_yaml("search_spaces", str(name_or_path))
     try:

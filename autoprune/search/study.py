@@ -10,9 +10,10 @@ finished trials are kept and the same command resumes.
 from __future__ import annotations
 
 import functools
+import math
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Literal, Optional, cast
 
 import optuna
 import sqlalchemy
@@ -24,7 +25,7 @@ from autoprune.errors import AutopruneError, ConfigError, few, first_line
 log = logging.getLogger("autoprune")
 
 # Back-off between reconnects: 0.5, 1, 2, 4, 8, 8, 8 s (about 30 s in all) before a search gives up.
-RECONNECT = dict(wait=tenacity.wait_exponential(multiplier=0.5, max=8), stop=tenacity.stop_after_attempt(8))
+RECONNECT: dict[str, Any] = dict(wait=tenacity.wait_exponential(multiplier=0.5, max=8), stop=tenacity.stop_after_attempt(8))
 
 
 class StorageLost(AutopruneError):
@@ -60,8 +61,9 @@ def _root(exc: BaseException) -> str:
 def reconnecting(call: Callable, what: str) -> Callable:
     """`call`, retried with back-off (`RECONNECT`) while its database connection is lost."""
     def before_sleep(state: tenacity.RetryCallState) -> None:
+        assert state.outcome is not None and state.next_action is not None  # tenacity sets both before a sleep
         log.warning("lost the connection to %s (%s); reconnecting in %.1f s", what,
-                    _root(state.outcome.exception()), state.next_action.sleep)
+                    _root(cast(BaseException, state.outcome.exception())), state.next_action.sleep)
 
     @functools.wraps(call)
     def retried(*args, **kwargs):
@@ -71,7 +73,7 @@ def reconnecting(call: Callable, what: str) -> Callable:
                 with attempt:
                     return call(*args, **kwargs)
         except tenacity.RetryError as exc:
-            last = exc.last_attempt.exception()
+            last = cast(BaseException, exc.last_attempt.exception())  # retries exhausted: it failed
             raise StorageLost(f"lost the connection to {what} and could not reconnect "
                               f"({_root(last)}): finished trials are kept; start the "
                               "database server and run the same command again to resume") from last
@@ -107,12 +109,13 @@ def _check_storage(url: str) -> str:
     return url
 
 
-def open_storage(url: str, heartbeat_s: Optional[int] = None,
+def open_storage(url: str, heartbeat_s: Optional[float] = None,
                  on_stale: Optional[Callable] = None) -> optuna.storages.BaseStorage:
     """Connect to the Optuna storage (creating its tables); fails fast with a one-line reason.
     With `heartbeat_s`, running trials silent for 4 heartbeats are failed and passed to `on_stale`."""
     url = _check_storage(url)
-    heartbeat = dict(heartbeat_interval=int(heartbeat_s), grace_period=4 * int(heartbeat_s),
+    interval = max(1, math.ceil(heartbeat_s or 0))  # Optuna takes whole seconds > 0 (search.heartbeat_s=0.5: 1)
+    heartbeat = dict(heartbeat_interval=interval, grace_period=4 * interval,
                      heartbeat_stale_trial_callback=on_stale) if heartbeat_s else {}
     try:
         return ReconnectingStorage(url, **heartbeat)
@@ -123,7 +126,7 @@ def open_storage(url: str, heartbeat_s: Optional[int] = None,
 
 
 def open_study(storage: optuna.storages.BaseStorage, study_name: str, sampler: optuna.samplers.BaseSampler,
-               directions: list[str]) -> optuna.Study:
+               directions: list[Literal["minimize", "maximize"]]) -> optuna.Study:
     """Create the study, or load it when it exists (this is what makes a re-run resume)."""
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
                                 directions=directions, load_if_exists=True)

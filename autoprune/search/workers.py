@@ -22,7 +22,7 @@ import hashlib
 import logging
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, cast
 
 import filelock
 import optuna
@@ -169,7 +169,7 @@ class Heartbeat:
         def loop() -> None:
             while not self._stop.wait(self.interval):
                 try:
-                    self.storage.record_heartbeat(trial._trial_id)
+                    cast(optuna.storages.RDBStorage, self.storage).record_heartbeat(trial._trial_id)
                 except Exception as exc:  # the storage stayed away through its reconnects: beat again later
                     log.warning("heartbeat of trial %d not recorded (%s)", trial.number, first_line(exc))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Sized, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,11 @@ class Preprocessing:
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
 
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None) or (self.mean is not None and len(self.mean) != len(self.std or ())):
+            raise ConfigError(f"Preprocessing({self.raw!r}): give mean and std together, one value per channel each "
+                              f"(got mean={self.mean}, std={self.std})")
+
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """A batch of raw inputs [N, C, ...] as the model takes them (float32); unchanged when `mean` is None."""
         raw = np.asarray(raw)
@@ -37,7 +42,7 @@ class Preprocessing:
     def formula(self) -> str:
         if self.mean is None:
             return "model input = raw input (no normalisation)"
-        return f"model input = (raw / {self.scale:g} - mean {list(self.mean)}) / std {list(self.std)}, per channel"
+        return f"model input = (raw / {self.scale:g} - mean {list(self.mean)}) / std {list(self.std or ())}, per channel"
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -67,12 +72,12 @@ class DataSplits:
 
     def val_inputs(self, n: int) -> torch.Tensor:
         """The first `n` validation inputs stacked (real data: a logged model's input example)."""
-        return torch.stack([self.val[i][0] for i in range(min(n, len(self.val)))])
+        return torch.stack([self.val[i][0] for i in range(min(n, len(cast(Sized, self.val))))])
 
     def example_batch(self, batch_size: int) -> torch.Tensor:
         """The first `batch_size` training inputs stacked: real data with the right shape and dtype
         (float images, int64 token ids...), used for tracing, export and timing."""
-        items = [self.train[i % len(self.train)][0] for i in range(batch_size)]
+        items = [self.train[i % len(cast(Sized, self.train))][0] for i in range(batch_size)]
         if not all(isinstance(x, torch.Tensor) for x in items):
             raise ConfigError("data items must be (tensor, label) pairs: convert inputs with torch.as_tensor")
         return torch.stack(items)

@@ -23,7 +23,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -110,7 +110,7 @@ def load(max_length: int = 24, val_fraction: float = 0.2, test_fraction: float =
 class MiniLMClassifier(nn.Module):
     """BERT encoder → mean pooling over non-padding tokens → linear head. Input: int64 ids [B, L]."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, pad_id: int = 0):
+    def __init__(self, encoder: Any, num_classes: int, pad_id: int = 0):   # a transformers BertModel
         super().__init__()
         self.encoder = encoder
         self.pad_id = pad_id

@@ -105,7 +105,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = c_in * expand
         self.use_residual = stride == 1 and c_in == c_out
-        layers = [_conv_bn_relu6(c_in, hidden)] if expand != 1 else []  # no expansion in the first block
+        layers: list[nn.Module] = [_conv_bn_relu6(c_in, hidden)] if expand != 1 else []  # no expansion in the first block
         layers += [
             _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),   # depthwise: one filter per channel
             nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out),  # linear bottleneck (no ReLU)

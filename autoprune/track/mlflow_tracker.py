@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, cast
 
 import tenacity
 from filelock import FileLock
@@ -49,7 +49,7 @@ class TrackingError(AutopruneError):
     """MLflow kept failing for one call (after retries)."""
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def _chain(exc: Optional[BaseException]) -> list[BaseException]:
     """`exc` and its causes, outermost first."""
     seen: list[BaseException] = []
     while exc is not None and exc not in seen:
@@ -87,13 +87,18 @@ def _why(exc: BaseException) -> str:
 def _call(call, *args, **kwargs):
     """`call(*args, **kwargs)` under the retry policy; what still fails raises one TrackingError line."""
     name = getattr(call, "__name__", "call")
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        assert state.outcome is not None  # tenacity sets it (a failed attempt) before a sleep
+        log.warning("MLflow %s failed (%s); retrying in %.1f s", name,
+                    _why(cast(BaseException, state.outcome.exception())), state.upcoming_sleep)
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(transient), reraise=True,
         stop=tenacity.stop_after_attempt(len(RETRY_DELAYS_S) + 1),
         wait=lambda state: (RETRY_DELAYS_S[state.attempt_number - 1] if state.attempt_number <= len(RETRY_DELAYS_S)
                             else 0.0),  # asked before `stop` is, also after the last attempt
-        before_sleep=lambda state: log.warning("MLflow %s failed (%s); retrying in %.1f s", name,
-                                               _why(state.outcome.exception()), state.upcoming_sleep))
+        before_sleep=before_sleep)
     try:
         return retrying(call, *args, **kwargs)
     except Exception as exc:  # MlflowException, requests errors, sqlite errors, OSError...
@@ -230,15 +235,15 @@ class Tracker:
             if shared:
                 self.parent_id = shared[0].info.run_id
                 return self.parent_id
-        self.start_root(name, tags)
+        parent_id = self.start_root(name, tags)
         if group:  # two workers may have created one at the same moment: the earliest wins
             winner = self._group_runs(study, group)[0].info.run_id
             if winner != self.parent_id:
                 _call(self.client.delete_run, self.parent_id)
                 self.parent_id = winner
                 return winner
-        self.log(self.parent_id, params=params)
-        return self.parent_id
+        self.log(parent_id, params=params)
+        return parent_id
 
     def start_root(self, name: str, tags: dict) -> str:
         """A top-level run (a search's or a sensitivity analysis's parent); it becomes `parent_id`."""
@@ -361,7 +366,7 @@ class Tracker:
         no fail reason, status FINISHED. A run still being logged by a live process of another worker is
         left to it. What cannot be repaired (a param logged with another value, MLflow still failing)
         is flagged `autoprune.logging_error`. One run's trouble never stops the others."""
-        runs = {}
+        runs: dict[int, list] = {}
         for run in self.trial_runs(study):
             runs.setdefault(int(run.data.tags[TRIAL_NUMBER]), []).append(run)
         done = Reconciled()
