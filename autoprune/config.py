@@ -33,7 +33,7 @@ PREFLIGHT_KEYS = ("preflight", "preflight_timeout_s", "preflight_memory_mb")  # 
 
 def _samplers() -> list[str]:
     from autoprune.search.searchers import OPTUNA_SAMPLERS
-    return [*OPTUNA_SAMPLERS, "uniform"]
+    return [*OPTUNA_SAMPLERS, "uniform", "allocate"]
 
 
 def _tuners() -> tuple[str, ...]:

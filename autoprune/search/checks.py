@@ -21,7 +21,7 @@ def check_search(cfg: AppConfig) -> None:
         check_nni(cfg.search.nni.tuner)
     profile = load_profile(cfg.hw)
     allocate = cfg.search.allocate
-    if allocate.budgets and allocate.table:   # a table for this profile, readable
+    if (allocate.budgets or cfg.search.sampler == "allocate") and allocate.table:   # a table for this profile, readable
         LatencyTable.load(Path(allocate.table), profile)
     check_ready(profile)
     load_targets(cfg.search.also_measure, profile)   # search.also_measure: each measurable from here

@@ -23,7 +23,7 @@ from autoprune.hw.artifact import fp32_source
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, format_table
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
-from autoprune.search.allocate import warm_start_plans
+from autoprune.search.allocate import allocation_inputs, warm_start_plans
 from autoprune.search.checks import check_search
 from autoprune.search.early_stop import ParetoStopper
 from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerprint, study_fingerprint
@@ -157,8 +157,12 @@ class Search:
         search = self.cfg.search
         stop = search.early_stop
         stopper = ParetoStopper(self.study, stop.margin, stop.min_epoch) if stop.enabled else None
+        allocation = None
+        if search.sampler == "allocate":   # the HALP searcher: importance and a latency model of the start model
+            allocation = allocation_inputs(self.ctx.space, self.ctx.evaluator.start_model(), self.ctx.evaluator.pruner,
+                                           self.ctx.profile, search.allocate.table)
         searcher = self.searcher_class.build(
-            self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"]))
+            self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"], allocation))
         return SearchLoop(self.study, searcher, self.ctx.space, self.ctx.evaluator, self.objectives, baseline,
                           self.budget, self.output_dir, observers, stale=self.stale, stopper=stopper,
                           trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s))
