@@ -15,7 +15,7 @@ from autoprune.targets import load_targets
 
 
 def check_search(cfg: AppConfig) -> None:
-    """The NNI tuner when search.backend=nni, the allocation's latency table, and whether the hardware profile can be measured from here
+    """The NNI tuner when search.backend=nni, the allocation's and screening's latency tables, and whether the hardware profile can be measured from here
     (otherwise the search would only fail at the baseline's measurement)."""
     if cfg.search.backend == "nni":
         check_nni(cfg.search.nni.tuner)
@@ -23,5 +23,8 @@ def check_search(cfg: AppConfig) -> None:
     allocate = cfg.search.allocate
     if (allocate.budgets or cfg.search.sampler == "allocate") and allocate.table:   # a table for this profile, readable
         LatencyTable.load(Path(allocate.table), profile)
+    screen = cfg.search.screen
+    if screen.table and screen.active(profile):
+        LatencyTable.load(Path(screen.table), profile)
     check_ready(profile)
     load_targets(cfg.search.also_measure, profile)   # search.also_measure: each measurable from here

@@ -31,6 +31,7 @@ from autoprune.search.loop import Budget, Observer, SearchLoop, TrialOutcome
 from autoprune.search.objectives import Objectives
 from autoprune.search.observers import (HeartbeatObserver, MlflowObserver, MlflowProgressObserver, ProgressObserver,
                                           ReportObserver, guarded)
+from autoprune.search.screen import LatencyScreen, ScreenedEvaluator, build_screen
 from autoprune.search.searchers import SearcherSettings, make_sampler, searcher_class
 from autoprune.search.study import open_storage, open_study
 from autoprune.targets import measure_targets
@@ -137,11 +138,14 @@ class Search:
             baseline = self._measure_baseline()
             report = ReportObserver(self.mlflow, ctx.evaluator, ctx.task.data, self.output_dir, split_sizes,
                                     self.max_drop)
+            # search.screen: before the MlflowObserver, which closes the trial runs it tags
+            screen = build_screen(cfg.search.screen, ctx, self.objectives, baseline, self.tracker)
             self._loop(baseline, [HeartbeatObserver(Heartbeat(self.storage, cfg.search.heartbeat_s or 0)),
+                                  *([screen] if screen else []),
                                   self.mlflow,
                                   MlflowProgressObserver(self.tracker, self.objectives, baseline, self.max_drop),
                                   ProgressObserver(self.objectives, baseline, self.budget, self.max_drop),
-                                  report]).run()
+                                  report], screen).run()
             assert report.report is not None
             outcome = SearchOutcome(self.tracker.parent_id, report.report, report.files)
             status = "FINISHED"
@@ -153,7 +157,7 @@ class Search:
             if parent:
                 guarded("end of the search run", lambda: self.tracker.end(parent, status))
 
-    def _loop(self, baseline: dict, observers: list[Observer]) -> SearchLoop:
+    def _loop(self, baseline: dict, observers: list[Observer], screen: LatencyScreen | None = None) -> SearchLoop:
         search = self.cfg.search
         stop = search.early_stop
         stopper = ParetoStopper(self.study, stop.margin, stop.min_epoch) if stop.enabled else None
@@ -163,7 +167,8 @@ class Search:
                                            self.ctx.profile, search.allocate.table)
         searcher = self.searcher_class.build(
             self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"], allocation))
-        return SearchLoop(self.study, searcher, self.ctx.space, self.ctx.evaluator, self.objectives, baseline,
+        evaluator = ScreenedEvaluator(self.ctx.evaluator, screen) if screen else self.ctx.evaluator
+        return SearchLoop(self.study, searcher, self.ctx.space, evaluator, self.objectives, baseline,  # type: ignore[arg-type]
                           self.budget, self.output_dir, observers, stale=self.stale, stopper=stopper,
                           trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s))
 
