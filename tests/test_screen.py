@@ -130,9 +130,9 @@ class CountingMeasurer:
         return self.inner.measure(model, profile, **kwargs)
 
 
-@pytest.mark.slow   # a 10-trial search with screening forced on the CPU profile
+@pytest.mark.slow   # an 8-trial search with screening forced on the CPU profile
 def test_a_screened_search_measures_only_candidates_that_could_reach_the_front(make_cfg, tmp_path):
-    cfg = make_cfg("search.screen.mode=always", "search.screen.margin=0", "search.n_trials=10",
+    cfg = make_cfg("search.screen.mode=always", "search.screen.margin=0", "search.n_trials=8",
                    "search.sampler=random", "search.warm_start=[0.75,0.5,0.25]", "search.study_name=screened",
                    "search.heartbeat_s=0")
     search = Search(cfg, tmp_path / "out")
@@ -142,7 +142,7 @@ def test_a_screened_search_measures_only_candidates_that_could_reach_the_front(m
     trials = search.study.trials
     measured = [t for t in trials if t.state == State.COMPLETE]
     screened = [t for t in trials if t.user_attrs.get(SOURCE_ATTR) == PREDICTED]
-    assert measured and screened and len(measured) + len(screened) == 10
+    assert measured and screened and len(measured) + len(screened) == 8
     # each measured trial timed once, its own model; screened ones never
     assert sorted(p.parent.name for p in counting.paths) == sorted(f"{t.number:04d}" for t in measured)
     for t in screened:
