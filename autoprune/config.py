@@ -131,7 +131,7 @@ class ScreenConfig(Section):
     could put them on the measured front."""
     where = "search.screen"
     mode: str = setting("auto", choices=SCREEN_MODES,
-                        fix="auto screens where measuring is expensive (runtime tensorrt, a remote agent)")
+                        fix="choose one of [auto, always, never] (not on/off: YAML reads those as booleans)")
     margin: float = setting(0.1, ge=0, lt=1, fix="a fraction of the predicted latency, e.g. {key}=0.1")
     table: Optional[str] = None
 

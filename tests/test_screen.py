@@ -160,6 +160,9 @@ def test_a_screened_search_measures_only_candidates_that_could_reach_the_front(m
     assert {t.number for t in search.study.best_trials} <= {t.number for t in measured}
     assert {c.trial for c in outcome.report.front} <= {t.number for t in measured}
     assert search.study.user_attrs["predictor_error"]["n"] == len(measured)
+    assert outcome.report.predictor["n"] == len(measured) and outcome.report.predictor["screened"] == len(screened)
+    html = (tmp_path / "out" / "report" / "report.html").read_text()
+    assert f"{len(screened)} candidate(s) left unmeasured; predicted vs measured on {len(measured)}" in html
     # MLflow: predicted vs measured on every measured run; screened runs tagged predicted
     runs = {int(r.data.tags["autoprune.trial_number"]): r
             for r in Tracker(cfg.tracking.uri, cfg.tracking.experiment).trial_runs("screened")}

@@ -22,6 +22,7 @@ from autoprune.hw import LatencyStats, export_model, load_profile
 from autoprune.hw.artifact import fp32_source
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, format_table
+from autoprune.report.collect import predictor_summary
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
 from autoprune.search.allocate import allocation_inputs, warm_start_plans
 from autoprune.search.checks import check_search
@@ -238,6 +239,8 @@ def print_summary(report: ReportData, tracker_ui: str, report_dir: Path) -> None
     print(f"Pareto models of study {report.study_name} on {report.target or 'its profile'} ({len(report.trials)} "
           f"completed trials; speedup = baseline median latency / model median latency, measured on that profile):")
     print(format_table(report))
+    if report.predictor:   # search.screen
+        print(f"latency predictor: {predictor_summary(report.predictor)}")
     print()
     print(f"report:    {report_dir / 'report.html'}")
     print(f"MLflow UI: {tracker_ui}   (then open http://127.0.0.1:5000)")
