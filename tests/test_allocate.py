@@ -13,8 +13,8 @@ from autoprune.errors import ConfigError
 from autoprune.hw.predictor import LatencyTable, LayerSpec, MacsModel, layer_macs
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner, output_layers
-from autoprune.search.allocate import (AllocationInputs, _grid, allocate, allocate_fractions, check_budgets,
-                                       warm_start_plans)
+from autoprune.search.allocate import (AllocationInputs, _grid, allocate, allocate_fractions, allocation_inputs,
+                                       check_budgets, warm_start_plans)
 from autoprune.search.checks import check_search
 from autoprune.search.runner import Search
 from autoprune.search.searchers import AllocationSearcher, SearcherSettings, make_sampler
@@ -210,3 +210,20 @@ def test_the_allocation_searcher_asks_waiting_trials_first_resumes_and_falls_bac
     assert len(set(allocated)) == len(allocated) >= 2 and space.uniform(0.25).to_json() not in allocated
     assert not seen[-1][1]   # exhausted: TPE
     assert [by for _, by in seen] == sorted((by for _, by in seen), reverse=True)   # allocations, then TPE only
+
+
+@pytest.mark.slow   # a 2-trial search
+def test_a_search_with_the_allocation_searcher_runs_its_allocations(make_cfg, tmp_path):
+    cfg = make_cfg("search.sampler=allocate", "search.warm_start=[]", "search.n_trials=2", "search.study_name=alloc",
+                   "search.heartbeat_s=0")
+    search = Search(cfg, tmp_path / "out")
+    search.run()
+    trials = search.study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    ctx = search.ctx
+    inputs = allocation_inputs(ctx.space, ctx.evaluator.start_model(), ctx.evaluator.pruner, ctx.profile)
+    for t in trials:
+        record = t.user_attrs["allocation"]
+        expected = inputs.allocate(ctx.space, record["budget_fraction"])
+        assert t.params == ctx.space.encode(expected.plan) and record["predicted"] <= record["budget"]
+    assert trials[0].user_attrs["allocation"]["budget_fraction"] > trials[1].user_attrs["allocation"]["budget_fraction"]
