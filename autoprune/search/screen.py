@@ -30,11 +30,11 @@ What is recorded:
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import optuna
 
-from autoprune.hw.predictor import PredictorReport, error_report
+from autoprune.hw.predictor import LatencyTable, MacsModel, PredictorReport, error_report
 from autoprune.hw.stats import LatencyStats
 from autoprune.plan import PrunePlan, kept_channels
 from autoprune.search.allocate import LatencyModel
@@ -51,6 +51,12 @@ MEASURED, PREDICTED = "measured", "predicted"
 SCORES = ("val_accuracy", "macs", "params", "onnx_bytes")   # what a screened-out trial still records
 
 
+class FittedLatencyModel(LatencyModel, Protocol):
+    """A latency model whose correction can be refitted to measurements (LatencyTable, MacsModel)."""
+
+    def fit(self, widths: Sequence[Mapping[str, int]], measured_ms: Sequence[float]) -> object: ...
+
+
 class Screened(optuna.TrialPruned):
     """A candidate left unmeasured: dominated by the measured front even at its optimistic predicted latency."""
 
@@ -62,7 +68,7 @@ class LatencyScreen(BaseObserver):
     evaluation, is recorded on it before Optuna is told) and tags its MLflow run at its end; put it
     before the MlflowObserver, which closes the run."""
 
-    def __init__(self, predictor: LatencyModel, objectives: Objectives, baseline: Mapping[str, float], margin: float,
+    def __init__(self, predictor: FittedLatencyModel, objectives: Objectives, baseline: Mapping[str, float], margin: float,
                  tracker: Optional[Tracker] = None, kind: str = "MACs"):
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"screening margin {margin} is outside [0, 1)")
@@ -91,7 +97,7 @@ class LatencyScreen(BaseObserver):
 
     def refit(self) -> None:
         """The correction fitted to every measurement so far (`fit` of the table or the MACs model)."""
-        self.predictor.fit(*self.measurements())   # type: ignore[attr-defined]
+        self.predictor.fit(*self.measurements())
         self.fits += 1
 
     def predict(self, plan: PrunePlan) -> float:
@@ -205,6 +211,7 @@ def build_screen(screen_cfg, ctx, objectives: Objectives, baseline: Mapping[str,
 
     evaluator = ctx.evaluator
     predictor = latency_model(evaluator.start_model(), evaluator.pruner, ctx.profile, screen_cfg.table)
+    assert isinstance(predictor, (LatencyTable, MacsModel))
     kind = f"latency table {screen_cfg.table}" if screen_cfg.table else "MACs"
     return LatencyScreen(predictor, objectives, baseline, screen_cfg.margin, tracker, kind)
 
