@@ -4,7 +4,6 @@ ResNet with real ONNX Runtime, Optuna and MLflow (screening forced on a CPU prof
 
 from __future__ import annotations
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -171,16 +170,24 @@ def test_a_screened_search_measures_only_candidates_that_could_reach_the_front(m
         assert runs[t.number].data.metrics["latency_predicted_ms"] == pytest.approx(t.user_attrs["latency_predicted_ms"])
     for t in screened:
         assert runs[t.number].data.tags[SOURCE_TAG] == PREDICTED and "val_accuracy" in runs[t.number].data.metrics
-    # the online correction predicts better than the MACs model fitted to the baseline alone would have
+    # each prediction used the correction refitted to the baseline and every trial measured before it
     ctx = search.ctx
-    alone = MacsModel({g: w for g, w in ctx.evaluator.widths().items()}, layer_specs(ctx.evaluator.start_model(),
-                                                                                      ctx.evaluator.pruner),
-                      ctx.evaluator.pruner.round_to).fit([{}], [outcome.report.baseline.latency_ms])
-    later = measured[1:]   # predicted after at least one measured trial had refitted the correction
-    online = np.mean([abs(t.user_attrs["latency_prediction_error"]) for t in later])
-    baseline_only = np.mean([abs(alone.predict_widths(alone.group_widths(_plan(t))) - t.user_attrs["latency_ms"])
-                             / t.user_attrs["latency_ms"] for t in later])
-    assert online < baseline_only
+
+    def macs_model(fitted_to):
+        model = MacsModel(dict(ctx.evaluator.widths()), layer_specs(ctx.evaluator.start_model(), ctx.evaluator.pruner),
+                          ctx.evaluator.pruner.round_to)
+        widths = [{}, *(model.group_widths(_plan(t)) for t in fitted_to)]
+        return model.fit(widths, [outcome.report.baseline.latency_ms, *(t.user_attrs["latency_ms"] for t in fitted_to)])
+
+    for t in measured:
+        before = macs_model([m for m in measured if m.number < t.number])
+        assert t.user_attrs["latency_predicted_ms"] == pytest.approx(before.predict_plan(_plan(t)))
+    # and the refitted correction explains the measurements better than the baseline's alone
+    def squared_error(model):
+        return sum((model.predict_plan(_plan(t)) - t.user_attrs["latency_ms"]) ** 2 for t in measured) + (
+            model.predict_widths({}) - outcome.report.baseline.latency_ms) ** 2
+
+    assert squared_error(macs_model(measured)) < squared_error(macs_model([]))
 
 
 def _plan(trial):
