@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sized, Union, cast
+from typing import Any, Callable, Mapping, Optional, Protocol, Sized, Union, cast
 from pathlib import Path
 
 import torch
@@ -52,10 +52,14 @@ class TrialResult:
     val_accuracy_torch: Optional[float] = None    # the PyTorch model's, where the artifact differs (int8, fp16)
     batch_size: int = 1                           # of the profile: latency_ms is per batch
     targets: dict = field(default_factory=dict)   # search.also_measure: "<profile>/<metric>" -> value
+    latency_predicted_ms: Optional[float] = None  # search.screen: predicted before it was measured
 
     def metrics(self) -> dict[str, float]:
         torch_accuracy = {} if self.val_accuracy_torch is None else {"val_accuracy_torch": self.val_accuracy_torch}
-        return torch_accuracy | self.targets | {
+        predicted = {} if self.latency_predicted_ms is None else {
+            "latency_predicted_ms": self.latency_predicted_ms,
+            "latency_prediction_error": (self.latency_predicted_ms - self.latency.median_ms) / self.latency.median_ms}
+        return torch_accuracy | self.targets | predicted | {
             "val_accuracy": self.val_accuracy,   # the deployed artifact's (selection, the front and pick use it)
             "latency_ms": self.latency.median_ms,
             "latency_per_sample_ms": self.latency.median_ms / self.batch_size,
@@ -67,6 +71,16 @@ class TrialResult:
             "weight_sparsity": float(self.weight_sparsity),
             "sparse_bytes": float(self.sparse_bytes),
         }
+
+
+class LatencyGate(Protocol):
+    """Predictor screening (autoprune.search.screen.LatencyScreen): a candidate's latency is predicted first
+    and measured only if the gate lets it (`measure_or_skip` raises optuna.TrialPruned otherwise)."""
+
+    def predict(self, plan: PrunePlan) -> float: ...
+
+    def measure_or_skip(self, plan: PrunePlan, metrics: Mapping[str, float], predicted_ms: float,
+                        measure: Callable[[], LatencyStats]) -> LatencyStats: ...
 
 
 @dataclass
@@ -169,7 +183,8 @@ class CandidateEvaluator:
 
     # ------------------------------------------------------------------------------------ trial
     def evaluate(self, plan: PrunePlan, workdir: Path,
-                 monitor: Optional[Callable[[int, float, float], None]] = None) -> TrialResult:
+                 monitor: Optional[Callable[[int, float, float], None]] = None,
+                 screen: Optional[LatencyGate] = None) -> TrialResult:
         """prune → export + measure → fine-tune → score → export the fine-tuned weights.
 
         Latency is measured before fine-tuning: the graph is final then (fine-tuning changes weight
@@ -178,7 +193,10 @@ class CandidateEvaluator:
         One-shot plans measure the pruned model itself; gradual schedules (iterative, agp, lth) measure
         the final architecture, pruned one-shot from the same start, and check after recovery that the
         recovered model has exactly its shapes. Mask patterns keep their masks through fine-tuning (the
-        exported model contains the zeros); dense runtimes time them like the unpruned model."""
+        exported model contains the zeros); dense runtimes time them like the unpruned model.
+
+        With `screen` (search.screen), latency is predicted up front (the monitor sees the prediction) and
+        the deployed fine-tuned model is measured at the end only if `screen.measure_or_skip` lets it."""
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -197,11 +215,14 @@ class CandidateEvaluator:
         pruned = self.engine.apply(measured, plan if schedule.prunes_up_front else _skeleton(plan))
         final_shapes = None if schedule.prunes_up_front else shapes(measured.state_dict())
         lap("prune")
-        latency = self.backend.measure(self.deployed(export_model(measured, self.example_input, workdir)), self.profile)
+        predicted = screen.predict(plan) if screen is not None else None
+        latency = None if screen is not None else self.backend.measure(
+            self.deployed(export_model(measured, self.example_input, workdir)), self.profile)
         lap("measure")
+        monitor_ms = predicted if latency is None else latency.median_ms
         on_epoch = None
         if monitor is not None:
-            on_epoch = lambda epoch, m: monitor(epoch, evaluate(m, self.data.val), latency.median_ms)  # noqa: E731
+            on_epoch = lambda epoch, m: monitor(epoch, evaluate(m, self.data.val), monitor_ms)  # noqa: E731
         if schedule.prunes_up_front:
             model, masks, skipped = measured, pruned.masks, pruned.skipped
             self.finetune(model, masks=masks, on_epoch=on_epoch)
@@ -224,10 +245,17 @@ class CandidateEvaluator:
         targets = measure_targets(self.also, fp32_source(exported), self.calibration, self.data.val, val_accuracy)
         lap("artifact")
         assert exported.weights_path is not None  # export_model always writes the weights
+        if latency is None:   # screening: measured only if it could reach the front (else optuna.TrialPruned)
+            assert screen is not None and predicted is not None
+            known = {"val_accuracy": scores["val_accuracy"], "macs": float(macs), "params": float(params),
+                     "onnx_bytes": float(deployed.onnx_path.stat().st_size)}
+            latency = screen.measure_or_skip(plan, known, predicted,
+                                             lambda: self.backend.measure(deployed, self.profile))
+            lap("measure")
         return TrialResult(plan, scores["val_accuracy"], latency, int(macs), int(params),
                            deployed.onnx_path.stat().st_size, deployed.onnx_path, exported.weights_path, seconds,
                            encoding.weight_sparsity, encoding.sparse, encoding.dense, dict(skipped), dict(pruned.repaired),
-                           scores.get("val_accuracy_torch"), self.profile.batch_size, targets)
+                           scores.get("val_accuracy_torch"), self.profile.batch_size, targets, predicted)
 
 
 def _skeleton(plan: PrunePlan) -> PrunePlan:

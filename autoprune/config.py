@@ -33,7 +33,7 @@ PREFLIGHT_KEYS = ("preflight", "preflight_timeout_s", "preflight_memory_mb")  # 
 
 def _samplers() -> list[str]:
     from autoprune.search.searchers import OPTUNA_SAMPLERS
-    return [*OPTUNA_SAMPLERS, "uniform"]
+    return [*OPTUNA_SAMPLERS, "uniform", "allocate"]
 
 
 def _tuners() -> tuple[str, ...]:
@@ -151,6 +151,24 @@ class FidelityConfig(Section):
         return "rung0" in self.rungs
 
 
+SCREEN_MODES = ("auto", "always", "never")   # not on/off: YAML reads those as booleans
+
+
+@dataclass(frozen=True)
+class ScreenConfig(Section):
+    """Predictor screening (autoprune.search.screen): measure only the candidates whose predicted latency
+    could put them on the measured front."""
+    where = "search.screen"
+    mode: str = setting("auto", choices=SCREEN_MODES,
+                        fix="choose one of [auto, always, never] (not on/off: YAML reads those as booleans)")
+    margin: float = setting(0.1, ge=0, lt=1, fix="a fraction of the predicted latency, e.g. {key}=0.1")
+    table: Optional[str] = None
+
+    def active(self, profile: Any) -> bool:
+        """Whether a search on `profile` (a HardwareProfile) screens."""
+        return self.mode == "always" or (self.mode == "auto" and profile.expensive_to_measure)
+
+
 @dataclass(frozen=True)
 class SearchConfig(Section):
     where = "search"
@@ -171,6 +189,7 @@ class SearchConfig(Section):
     warm_start: list[float] = setting(default_factory=lambda: [0.25, 0.5, 0.75], ge=0, lt=1, item="ratio",
                                       fix="give pruning ratios such as {key}=[0.25,0.5] (or [] for none)")
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
     hv_max_drop: float = setting(0.1, gt=0, le=1)
     run_name: Optional[str] = None
     heartbeat_s: Optional[float] = setting(30, ge=0, fix="e.g. 30 (0 or null: no heartbeat)")

@@ -18,7 +18,7 @@ The rung-0 recovery depends on the model:
 Latency: measured with the evaluator's backend (cheap for ORT on CPU) unless a latency table
 (autoprune.hw.predictor) is given, which predicts it from the pruned model's widths instead (for profiles
 where measuring is expensive). `Rung0Scorer` needs only the evaluator's pieces; a multi-fidelity search
-(`search.fidelity.rungs=[rung0,full]`) calls `score(plan)` through autoprune.search.fidelity.Screening,
+(`search.fidelity.rungs=[rung0,full]`) calls `score(plan)` through autoprune.search.fidelity.Rung0Step,
 which decides whom to promote.
 """
 

@@ -13,9 +13,11 @@ from autoprune.errors import ConfigError
 from autoprune.hw.predictor import LatencyTable, LayerSpec, MacsModel, layer_macs
 from autoprune.plan import PrunePlan
 from autoprune.prune import ChannelPruner, output_layers
-from autoprune.search.allocate import allocate, allocate_fractions, check_budgets, warm_start_plans
+from autoprune.search.allocate import (AllocationInputs, _grid, allocate, allocate_fractions, allocation_inputs,
+                                       check_budgets, warm_start_plans)
 from autoprune.search.checks import check_search
 from autoprune.search.runner import Search
+from autoprune.search.searchers import AllocationSearcher, SearcherSettings, make_sampler
 from autoprune.search.space import build_space
 from autoprune.tasks.models import resnet_small
 
@@ -140,3 +142,88 @@ def test_warm_start_enqueues_the_allocations(make_cfg, tmp_path):
     waiting = [t for t in search.study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert [t.system_attrs["fixed_params"] for t in waiting] == [ctx.space.encode(p) for p in expected]
     assert expected[0] != expected[1]
+
+
+# ------------------------------------------------------------------------------------------ as a searcher
+def _kept(scores, widths) -> float:
+    """Share of the summed normalised importance that these group widths keep (the allocation's measure)."""
+    ranked = {g: s.double().sort(descending=True).values / s.double().mean() for g, s in scores.items()}
+    return sum(float(ranked[g][:w].sum()) for g, w in widths.items()) / sum(float(r.sum()) for r in ranked.values())
+
+
+def _allocation_searcher(space, inputs, study=None):
+    study = study or optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler("allocate", 0))
+    return AllocationSearcher.build(study, space, SearcherSettings(allocation=inputs)), study
+
+
+def test_the_allocation_searcher_proposes_budgeted_plans_that_beat_uniform_ones(setup):
+    """On the real ResNet: every proposal is the allocation at its recorded budget, within it, distinct from
+    the others, and keeps at least the importance of the widest uniform plan within the same budget (more, for
+    some); the sequence is deterministic and spread over the range (the first budget is the midpoint)."""
+    model, pruner, space, macs, scores = setup
+    inputs = AllocationInputs(scores, macs, "MACs")
+    searcher, study = _allocation_searcher(space, inputs)
+    base, low = macs.predict_widths({}), inputs.narrowest_fraction(space)
+    uniforms = [space.uniform(r) for r in _grid(space.dimensions[0])]
+    plans, fractions, better = [], [], 0
+    for _ in range(6):
+        trial = searcher.ask()
+        plan, record = space.suggest(trial), trial.user_attrs["allocation"]
+        budget = record["budget_fraction"] * base
+        assert macs.predict_plan(plan) == pytest.approx(record["predicted"]) and record["predicted"] <= budget
+        fitting = [u for u in uniforms if macs.predict_plan(u) <= budget]
+        widest = min(fitting, key=lambda u: u.ratio(next(iter(u.groups))))
+        kept, kept_uniform = _kept(scores, macs.group_widths(plan)), _kept(scores, macs.group_widths(widest))
+        assert kept == pytest.approx(record["importance_kept"]) and kept >= kept_uniform - 1e-9
+        better += kept > kept_uniform + 1e-9
+        plans.append(plan)
+        fractions.append(record["budget_fraction"])
+        study.tell(trial, [0.9, record["predicted"]])
+    assert len(set(p.to_json() for p in plans)) == len(plans)
+    assert better >= 1
+    assert fractions[0] == pytest.approx(low + (1 - low) / 2, abs=1e-6)
+    assert all(low < f < 1 for f in fractions)
+    again, other = _allocation_searcher(space, inputs)
+    assert [space.suggest(again.ask()).to_json() for _ in range(3)] == [p.to_json() for p in plans[:3]]
+
+
+def test_the_allocation_searcher_asks_waiting_trials_first_resumes_and_falls_back_to_tpe():
+    """A warm start waiting in the study is asked first; a new searcher on the study skips the plans it holds;
+    when every budget's plan is in the study, the study's TPE proposes (no `allocation` attr)."""
+    layers = [LayerSpec("a", "linear", 64, 64, (1, 64), None, "a"), LayerSpec("b", "linear", 64, 64, (1, 64), "a", "b")]
+    macs = MacsModel({"a": 64, "b": 64}, layers, 8)
+    space = build_space({"ratio": {"low": 0.0, "high": 0.5, "step": 0.25}}, ["a", "b"])   # 9 plans in all
+    torch.manual_seed(0)
+    inputs = AllocationInputs({"a": torch.rand(64), "b": torch.rand(64)}, macs, "MACs")
+    searcher, study = _allocation_searcher(space, inputs)
+    study.enqueue_trial(space.encode(space.uniform(0.25)))
+    first = searcher.ask()
+    assert "allocation" not in first.user_attrs and space.suggest(first) == space.uniform(0.25)
+    study.tell(first, [0.9, 1.0])
+    seen = []
+    for _ in range(12):
+        searcher = _allocation_searcher(space, inputs, study)[0]   # a new searcher each time: resumes
+        trial = searcher.ask()
+        seen.append((space.suggest(trial).to_json(), "allocation" in trial.user_attrs))
+        study.tell(trial, [0.9, 1.0])
+    allocated = [plan for plan, by_allocation in seen if by_allocation]
+    assert len(set(allocated)) == len(allocated) >= 2 and space.uniform(0.25).to_json() not in allocated
+    assert not seen[-1][1]   # exhausted: TPE
+    assert [by for _, by in seen] == sorted((by for _, by in seen), reverse=True)   # allocations, then TPE only
+
+
+@pytest.mark.slow   # a 2-trial search
+def test_a_search_with_the_allocation_searcher_runs_its_allocations(make_cfg, tmp_path):
+    cfg = make_cfg("search.sampler=allocate", "search.warm_start=[]", "search.n_trials=2", "search.study_name=alloc",
+                   "search.heartbeat_s=0")
+    search = Search(cfg, tmp_path / "out")
+    search.run()
+    trials = search.study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    ctx = search.ctx
+    inputs = allocation_inputs(ctx.space, ctx.evaluator.start_model(), ctx.evaluator.pruner, ctx.profile)
+    for t in trials:
+        record = t.user_attrs["allocation"]
+        expected = inputs.allocate(ctx.space, record["budget_fraction"])
+        assert t.params == ctx.space.encode(expected.plan) and record["predicted"] <= record["budget"]
+    assert trials[0].user_attrs["allocation"]["budget_fraction"] > trials[1].user_attrs["allocation"]["budget_fraction"]

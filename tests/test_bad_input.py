@@ -133,6 +133,8 @@ CASES = [
     case("mode=train", expect=("unknown mode 'train'", "choose one of"), id="unknown-mode"),
     case("search.n_trials=-1", expect=("search.n_trials=-1 must be an integer >= 0", "e.g. 24"), id="negative-n-trials"),
     case("search.sampler=magic", expect=("unknown search.sampler 'magic'", "choose one of"), id="unknown-sampler"),
+    case("search.screen.mode=on", expect=("unknown search.screen.mode 'on'", "choose one of [auto, always, never]"),
+         id="screen-mode-on"),
     case("search.backend=ray", expect=("unknown search.backend 'ray'", "choose one of [optuna, nni]"),
          id="unknown-backend"),
     case("search.backend=nni", "search.nni.tuner=magic", expect=("unknown search.nni.tuner 'magic'", "choose one of"),

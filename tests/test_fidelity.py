@@ -18,7 +18,7 @@ from autoprune.errors import ConfigError
 from autoprune.recover import evaluate
 from autoprune.rung0 import Rung0Config, Rung0Scorer
 from autoprune.search.checks import check_search
-from autoprune.search.fidelity import FULL, RUNG0_ATTR, RUNG_ATTR, PromotionRule, Screening
+from autoprune.search.fidelity import FULL, RUNG0_ATTR, RUNG_ATTR, PromotionRule, Rung0Step
 from autoprune.search.loop import CANDIDATE, COMPLETE, BaseObserver, Budget, SearchLoop
 from autoprune.search.objectives import Objectives
 from autoprune.search.observers import ProgressObserver
@@ -115,7 +115,7 @@ def screened(tmp_path_factory):
     rule = PromotionRule(objectives, margin=0.0, warmup=1)
     loop = SearchLoop(study, OptunaSearcher(study), space, ev, objectives, baseline, Budget(len(plans), url), tmp,
                       [recorder, ProgressObserver(baseline, Budget(len(plans), url))],
-                      screening=Screening(Rung0Scorer(ev, Rung0Config(measure=False)), rule), max_drop=0.5)
+                      rung0=Rung0Step(Rung0Scorer(ev, Rung0Config(measure=False)), rule), max_drop=0.5)
     return loop, study, recorder, baseline
 
 

@@ -9,12 +9,15 @@ import importlib.util
 
 import optuna
 import pytest
+import torch
 
 from autoprune.errors import ConfigError
 from autoprune.search.objectives import Objectives
-from autoprune.search.searchers import (BACKENDS, NNI_TUNERS, OPTUNA_SAMPLERS, SEARCHERS, NniSearcher,
-                                        OptunaSearcher, SearcherSettings, UniformGridSearcher, make_sampler,
-                                        searcher_class)
+from autoprune.hw.predictor import LayerSpec, MacsModel
+from autoprune.search.allocate import AllocationInputs
+from autoprune.search.searchers import (BACKENDS, NNI_TUNERS, OPTUNA_SAMPLERS, SEARCHERS, AllocationSearcher,
+                                        NniSearcher, OptunaSearcher, SearcherSettings, UniformGridSearcher,
+                                        make_sampler, searcher_class)
 from autoprune.search.space import build_space
 
 GROUPS = ["a", "b", "c"]
@@ -25,8 +28,19 @@ State = optuna.trial.TrialState
 CASES = {
     **{f"optuna-{s}": ("optuna", s, "tpe", OptunaSearcher) for s in OPTUNA_SAMPLERS},
     "optuna-uniform": ("optuna", "uniform", "tpe", UniformGridSearcher),
+    "optuna-allocate": ("optuna", "allocate", "tpe", AllocationSearcher),
     **{f"nni-{t}": ("nni", "tpe", t, NniSearcher) for t in NNI_TUNERS},
 }
+
+
+def allocation_inputs() -> AllocationInputs:
+    """A chain of Linear layers 16 -> a -> b -> c -> 10 (20 channels each) and seeded channel importances."""
+    chain = [None, *GROUPS, None]
+    widths = {g: 20 for g in GROUPS}
+    layers = [LayerSpec(f"fc{i}", "linear", widths.get(chain[i], 16), widths.get(chain[i + 1], 10),
+                        (1, widths.get(chain[i], 16)), chain[i], chain[i + 1]) for i in range(len(chain) - 1)]
+    torch.manual_seed(0)
+    return AllocationInputs({g: torch.rand(20) for g in GROUPS}, MacsModel(widths, layers), "MACs")
 
 
 def metrics_of(plan) -> dict:
@@ -43,7 +57,8 @@ def build(case: str, study: optuna.Study | None = None):
     study = study or optuna.create_study(directions=objectives.directions, sampler=make_sampler(sampler, 0, 4))
     cls = searcher_class(backend, sampler)
     assert cls is expected
-    settings = SearcherSettings(seed=0, nni_tuner=tuner, speedup_weight=0.02, baseline_latency_ms=1.0)
+    settings = SearcherSettings(seed=0, nni_tuner=tuner, speedup_weight=0.02, baseline_latency_ms=1.0,
+                                allocation=allocation_inputs() if sampler == "allocate" else None)
     return cls.build(study, space, settings), space, objectives, study
 
 
@@ -95,6 +110,6 @@ def test_a_new_searcher_resumes_the_same_study(case):
 def test_every_registered_searcher_declares_its_backend_and_samplers():
     assert set(BACKENDS) == {"optuna", "nni"}
     served = [s for cls in SEARCHERS if cls.backend == "optuna" for s in cls.samplers]
-    assert sorted(served) == sorted([*OPTUNA_SAMPLERS, "uniform"]) and len(served) == len(set(served))
+    assert sorted(served) == sorted([*OPTUNA_SAMPLERS, "uniform", "allocate"]) and len(served) == len(set(served))
     with pytest.raises(ConfigError, match="unknown search.backend 'ray': choose optuna or nni"):
         searcher_class("ray", "tpe")

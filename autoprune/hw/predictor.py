@@ -287,9 +287,34 @@ class MacsModel:
     groups: dict[str, int]
     layers: list[LayerSpec]
     round_to: int = 1
+    scale: float = 1.0        # ms per million multiply-adds once fitted (`fit`); 1: millions of MACs
+    offset_ms: float = 0.0
 
     def __post_init__(self) -> None:
         self._macs = {s.name: layer_macs(s) for s in self.layers}
+
+    def raw_macs(self, group_widths: Mapping[str, int]) -> float:
+        """Millions of multiply-adds of the Conv / Linear layers at these group widths (missing: unpruned)."""
+        total = 0.0
+        for s in self.layers:
+            c_in, c_out = s.widths(dict(group_widths))
+            share = c_out / s.out_channels if s.depthwise else (c_in * c_out) / (s.in_channels * s.out_channels)
+            total += self._macs[s.name] * share
+        return total / 1e6
+
+    def fit(self, widths: Sequence[Mapping[str, int]], measured_ms: Sequence[float]) -> "MacsModel":
+        """Turn MACs into milliseconds: `scale` and `offset_ms` by least squares on whole models (their group
+        widths) measured at `measured_ms`; one model (or models of equal MACs) gives a proportional scale.
+        A negative slope (noise) falls back to the mean. In place."""
+        if not widths or len(widths) != len(measured_ms):
+            raise ConfigError("MacsModel.fit needs as many measurements as models (at least one)")
+        raw = [self.raw_macs(w) for w in widths]
+        if len(set(raw)) > 1:
+            scale, offset = (float(v) for v in np.polyfit(raw, list(measured_ms), 1))
+            self.scale, self.offset_ms = (scale, offset) if scale >= 0 else (0.0, float(np.mean(measured_ms)))
+        else:
+            self.scale, self.offset_ms = float(np.mean(measured_ms)) / raw[0] if raw[0] > 0 else 0.0, 0.0
+        return self
 
     def group_widths(self, plan: PrunePlan) -> dict[str, int]:
         return {g: kept_channels(ch, plan.ratio(g), self.round_to) for g, ch in self.groups.items()}
@@ -298,12 +323,7 @@ class MacsModel:
         unknown = sorted(set(group_widths) - set(self.groups))
         if unknown:
             raise MeasurementError(f"the MACs model does not know group(s) {unknown}: it was built for another model")
-        total = 0.0
-        for s in self.layers:
-            c_in, c_out = s.widths(dict(group_widths))
-            share = c_out / s.out_channels if s.depthwise else (c_in * c_out) / (s.in_channels * s.out_channels)
-            total += self._macs[s.name] * share
-        return total / 1e6
+        return self.scale * self.raw_macs(group_widths) + self.offset_ms
 
     def predict_plan(self, plan: PrunePlan) -> float:
         return self.predict_widths(self.group_widths(plan))

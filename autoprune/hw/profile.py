@@ -90,6 +90,12 @@ class HardwareProfile:
         return self.agent_url is not None
 
     @property
+    def expensive_to_measure(self) -> bool:
+        """TensorRT engine builds and measurements on a remote agent cost far more than a candidate's
+        prediction: searches screen their candidates with the latency predictor (search.screen.mode=auto)."""
+        return self.runtime == "tensorrt" or self.is_remote
+
+    @property
     def uses_cuda(self) -> bool:
         if self.runtime == "onnxruntime":
             return self.provider != "CPUExecutionProvider"

@@ -54,6 +54,7 @@ class ReportData:
     max_drop: float
     target: str = ""                     # the hardware profile the front was measured on
     n_candidates: int = 0                # multi-fidelity: candidates scored at rung 0 and not promoted
+    predictor: dict = field(default_factory=dict)   # search.screen: the latency predictor's error (screen.py)
 
     @property
     def others(self) -> list[Candidate]:
@@ -62,6 +63,15 @@ class ReportData:
 
 
 TEST_ACCURACY_ATTR = "test_accuracy."   # + trial number: a study user attribute (a finished trial's are frozen)
+
+
+def predictor_summary(predictor: dict) -> str:
+    """One line on a screened search's latency predictor ('' for a search that did not screen)."""
+    if not predictor:
+        return ""
+    return (f"{predictor.get('screened', 0)} candidate(s) left unmeasured; predicted vs measured on {predictor['n']}: "
+            f"{100 * predictor['within_10pct']:.0f}% within ±10%, mean |error| {100 * predictor['mean_abs_rel_error']:.1f}%, "
+            f"max {100 * predictor['max_abs_rel_error']:.1f}% ({predictor.get('latency_model', '?')})")
 
 
 def record_test_accuracy(study: optuna.Study, number: int, accuracy: float) -> None:
@@ -148,5 +158,6 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target
     fingerprint = {k[3:]: v for k, v in base_run.data.params.items() if k.startswith("hw.")} if target is None else \
         {"profile": target, "measured": "search.also_measure (the search's own environment)"}
     n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)
+    predictor = dict(study.user_attrs.get("predictor_error") or {}) if target is None else {}
     return ReportData(study.study_name, baseline, candidates, front, n_failed, hv, fingerprint, max_drop,
-                      target or own, sum(not_promoted(t) for t in all_trials))
+                      target or own, sum(not_promoted(t) for t in all_trials), predictor)

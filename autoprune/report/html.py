@@ -8,7 +8,7 @@ import html
 import json
 from typing import Optional
 
-from autoprune.report.collect import Candidate, ReportData
+from autoprune.report.collect import Candidate, ReportData, predictor_summary
 from autoprune.report.plots import Chart
 from autoprune.report.recommend import Z, Recommendation, SplitSizes, gap_is_significant, interval
 
@@ -122,6 +122,8 @@ def render(data: ReportData, title: str, charts: list[Chart], rec: Optional[Reco
                "Pareto models": len(data.front),
                "validation / test examples": "unknown" if sizes is None else f"{sizes.val:,} / {sizes.test:,}",
                **{f"hw {k}": v for k, v in sorted(data.fingerprint.items())}}
+    if data.predictor:   # search.screen
+        context["latency predictor (screening)"] = predictor_summary(data.predictor)
     ctx = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in context.items())
     figures = {chart.name: f'<h2>{esc(chart.title)}</h2>{chart.svg()}' for chart in charts}
     points = {c.label.lstrip("#"): _info(c, data.baseline) for c in [data.baseline, *data.trials]}

@@ -18,6 +18,9 @@ PrunePlan in the search space's encoding (`SearchSpace.encode` enqueues it).
 
 As a warm start (`search.allocate.budgets=[0.5, 0.3]`: fractions of the baseline's predicted latency) a
 search's first trials are the allocations at those budgets: a front that costs only their recoveries.
+As a searcher (`search.sampler=allocate`, autoprune.search.searchers.AllocationSearcher) every proposal
+is an allocation, at the budgets of `budget_sequence`: spread over the fractions of the baseline's
+predicted latency between the narrowest plan's and 1, coarse to fine.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class LatencyModel(Protocol):
     round_to: int
 
     def predict_widths(self, group_widths: Mapping[str, int]) -> float: ...
+
+    def predict_plan(self, plan: PrunePlan) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,22 @@ def allocate_fractions(space: SearchSpace, scores: Mapping[str, torch.Tensor], l
     return [allocate(space, scores, latency, float(f) * base) for f in fractions]
 
 
+MAX_LEVELS = 7   # budget_sequence: 2**7 - 1 = 127 budgets, each 1/128 of the range from the next
+
+
+def budget_sequence(low: float, levels: int = MAX_LEVELS) -> list[float]:
+    """Budgets (fractions of the baseline's predicted latency) spread over (low, 1), coarse to fine: the
+    midpoint, then the quarter points, the eighths ... `2**levels - 1` in all, each once. `low` is the
+    narrowest plan's fraction; the endpoints are left out (`low` gives the narrowest plan, 1 the unpruned
+    model)."""
+    low = min(max(float(low), 0.0), 1.0)
+    out = []
+    for level in range(1, levels + 1):
+        n = 2 ** level
+        out += [low + (1.0 - low) * k / n for k in range(1, n, 2)]
+    return out
+
+
 def check_budgets(budgets) -> list[float]:
     """`search.allocate.budgets`: fractions of the baseline's latency in (0, 1]."""
     out = []
@@ -158,6 +179,34 @@ def check_budgets(budgets) -> list[float]:
                               "(0, 1]: give e.g. search.allocate.budgets=[0.5,0.3] (or [] for none)")
         out.append(float(b))
     return out
+
+
+@dataclass(frozen=True)
+class AllocationInputs:
+    """What allocating needs of a model: per-channel importance by group (at the unpruned widths) and a
+    latency model; `kind` says which (for the log)."""
+
+    scores: Mapping[str, torch.Tensor]
+    latency: LatencyModel
+    kind: str
+
+    def allocate(self, space: SearchSpace, fraction: float) -> Allocation:
+        """The allocation under `fraction` of the baseline's predicted latency."""
+        return allocate(space, self.scores, self.latency, float(fraction) * self.latency.predict_widths({}))
+
+    def narrowest_fraction(self, space: SearchSpace) -> float:
+        """The narrowest plan of `space`'s predicted latency, as a fraction of the baseline's."""
+        return self.latency.predict_plan(space.upper()) / self.latency.predict_widths({})
+
+
+def allocation_inputs(space: SearchSpace, model: nn.Module, pruner, profile: HardwareProfile,
+                      table: Optional[str] = None) -> AllocationInputs:
+    """Importance by the space's first criterion (l2 for the gradient criteria: no gradients here) and the
+    latency table at `table` (else the MACs model of `model`'s layers)."""
+    criterion = space.importances[0]
+    scores = pruner.channel_scores(model, "l2" if needs_gradients(criterion) else criterion)
+    kind = "latency table" if table else "MACs (no search.allocate.table: the FLOPs proxy)"
+    return AllocationInputs(scores, latency_model(model, pruner, profile, table), kind)
 
 
 def latency_model(model: nn.Module, pruner, profile: HardwareProfile, table: Optional[str]) -> LatencyModel:
@@ -175,15 +224,13 @@ def warm_start_plans(space: SearchSpace, model: nn.Module, pruner, profile: Hard
     importance by the space's first criterion (l2 for the gradient criteria: no gradients here)."""
     if not budgets:
         return []
-    criterion = space.importances[0]
-    scores = pruner.channel_scores(model, "l2" if needs_gradients(criterion) else criterion)
-    predictor = latency_model(model, pruner, profile, table)
-    kind = "latency table" if table else "MACs (no search.allocate.table: the FLOPs proxy)"
+    inputs = allocation_inputs(space, model, pruner, profile, table)
     plans = []
-    for allocation in allocate_fractions(space, scores, predictor, budgets):
-        log.info("warm start by %s: %s", kind, allocation.summary())
+    for allocation in allocate_fractions(space, inputs.scores, inputs.latency, budgets):
+        log.info("warm start by %s: %s", inputs.kind, allocation.summary())
         plans.append(allocation.plan)
     return plans
 
 
-__all__ = ["Allocation", "LatencyModel", "allocate", "allocate_fractions", "check_budgets", "warm_start_plans"]
+__all__ = ["Allocation", "AllocationInputs", "LatencyModel", "allocate", "allocate_fractions", "allocation_inputs",
+           "budget_sequence", "check_budgets", "warm_start_plans"]

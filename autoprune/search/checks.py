@@ -17,14 +17,14 @@ from autoprune.targets import load_targets
 
 
 def check_search(cfg: AppConfig) -> None:
-    """The NNI tuner when search.backend=nni, the allocation's latency table, multi-fidelity's objectives
-    and latency table, and whether the hardware profile can be measured from here
+    """The NNI tuner when search.backend=nni, the allocation's and screening's latency tables, multi-fidelity's
+    objectives and latency table, and whether the hardware profile can be measured from here
     (otherwise the search would only fail at the baseline's measurement)."""
     if cfg.search.backend == "nni":
         check_nni(cfg.search.nni.tuner)
     profile = load_profile(cfg.hw)
     allocate = cfg.search.allocate
-    if allocate.budgets and allocate.table:   # a table for this profile, readable
+    if (allocate.budgets or cfg.search.sampler == "allocate") and allocate.table:   # a table for this profile, readable
         LatencyTable.load(Path(allocate.table), profile)
     fidelity = cfg.search.fidelity
     if fidelity.multi:   # rung 0 can rank on these objectives; its latency table is for this profile
@@ -33,5 +33,8 @@ def check_search(cfg: AppConfig) -> None:
             raise ConfigError(problem)
         if fidelity.table:
             LatencyTable.load(Path(fidelity.table), profile)
+    screen = cfg.search.screen
+    if screen.table and screen.active(profile):
+        LatencyTable.load(Path(screen.table), profile)
     check_ready(profile)
     load_targets(cfg.search.also_measure, profile)   # search.also_measure: each measurable from here

@@ -129,13 +129,13 @@ class RungOutcome:
         return self.promotion.promoted
 
 
-class Screening:
+class Rung0Step:
     """Rung 0 for the search loop: score a trial's plan, decide, record the scores on the trial."""
 
     def __init__(self, scorer: Rung0Scorer, rule: PromotionRule):
         self.scorer, self.rule = scorer, rule
 
-    def screen(self, study: optuna.Study, trial: optuna.Trial, plan: PrunePlan) -> RungOutcome:
+    def run(self, study: optuna.Study, trial: optuna.Trial, plan: PrunePlan) -> RungOutcome:
         result = self.scorer.score(plan)
         metrics = result.metrics()
         promotion = self.rule.decide(metrics, rung0_metrics(study, exclude=trial.number))
@@ -156,4 +156,4 @@ def check_objectives(objectives: Sequence[str]) -> Optional[str]:
 
 
 __all__ = ["FULL", "RUNG0_ATTR", "RUNG0_METRICS", "RUNG_ATTR", "Promotion", "PromotionRule", "RungOutcome",
-           "Screening", "check_objectives", "not_promoted", "rung0_metrics"]
+           "Rung0Step", "check_objectives", "not_promoted", "rung0_metrics"]

@@ -38,7 +38,7 @@ from autoprune.candidate import CandidateEvaluator, TrialResult
 from autoprune.plan import PrunePlan
 from autoprune.search.deadline import deadline
 from autoprune.search.early_stop import ParetoStopper
-from autoprune.search.fidelity import RUNG0_ATTR, RungOutcome, Screening
+from autoprune.search.fidelity import RUNG0_ATTR, RungOutcome, Rung0Step
 from autoprune.search.objectives import Objectives
 from autoprune.search.pareto import front_hypervolume
 from autoprune.search.searchers import Searcher
@@ -133,13 +133,13 @@ class SearchLoop:
                  observers: Sequence[Observer] = (), stale: Optional[StaleTrialHandler] = None,
                  stopper: Optional[ParetoStopper] = None, trial_timeout_s: Optional[float] = None,
                  check_stale: bool = False, clock: Callable[[], float] = time.perf_counter,
-                 screening: Optional[Screening] = None, max_drop: float = 0.1, timeout_s: Optional[float] = None):
+                 rung0: Optional[Rung0Step] = None, max_drop: float = 0.1, timeout_s: Optional[float] = None):
         self.study, self.searcher, self.space, self.evaluator = study, searcher, space, evaluator
         self.objectives, self.baseline, self.budget, self.output_dir = objectives, baseline, budget, Path(output_dir)
         self.observers = list(observers)
         self.stale = stale if stale is not None else StaleTrialHandler(0)
         self.stopper, self.trial_timeout_s, self.check_stale, self.clock = stopper, trial_timeout_s, check_stale, clock
-        self.screening, self.max_drop, self.timeout_s = screening, max_drop, timeout_s
+        self.rung0, self.max_drop, self.timeout_s = rung0, max_drop, timeout_s
 
     def _notify(self, hook: str, *args) -> None:
         for observer in self.observers:
@@ -219,9 +219,9 @@ class SearchLoop:
         monitor = self.stopper.monitor(trial) if self.stopper else None
         rung: Optional[RungOutcome] = None
         try:
-            if self.screening is not None:
+            if self.rung0 is not None:
                 with interrupts.allowed(), deadline(self._remaining(started), self.trial_timeout_s):
-                    rung = self.screening.screen(self.study, trial, plan)
+                    rung = self.rung0.run(self.study, trial, plan)
                 self._notify("on_rung_end", trial, rung)
                 if not rung.promoted:
                     self.searcher.tell(trial, None, None, optuna.trial.TrialState.PRUNED)

@@ -66,20 +66,20 @@ def _fmt_time(seconds: float) -> str:
 
 class MlflowObserver(BaseObserver):
     """The MLflow side of a search: trial runs nested in the parent run, which it does not open or close
-    (Search does, around the baseline and the report). `screening`: a multi-fidelity search, whose trial
+    (Search does, around the baseline and the report). `multi_fidelity`: a multi-fidelity search, whose trial
     run starts only when its candidate is promoted."""
 
     def __init__(self, tracker: Tracker, study_name: str, groups: list[PrunableGroup], output_dir: Path,
-                 screening: bool = False):
+                 multi_fidelity: bool = False):
         self.tracker, self.study_name, self.groups, self.output_dir = tracker, study_name, groups, Path(output_dir)
-        self.screening = screening
+        self.multi_fidelity = multi_fidelity
 
     # ------------------------------------------------------------------------------------ trials
     def trial_params(self, plan: PrunePlan) -> dict:
         return {f"ratio.{g.name}": plan.ratio(g.name) for g in self.groups} | {"importance": plan.importance}
 
     def on_trial_start(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        if not self.screening:
+        if not self.multi_fidelity:
             self._start_trial_run(trial)
 
     def on_rung_end(self, study: optuna.Study, trial: optuna.Trial, rung: RungOutcome) -> None:

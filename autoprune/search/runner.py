@@ -23,17 +23,19 @@ from autoprune.hw.artifact import fp32_source
 from autoprune.hw.predictor import LatencyTable
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, format_table
+from autoprune.report.collect import predictor_summary
 from autoprune.report.recommend import SPLIT_SIZES, SplitSizes
 from autoprune.rung0 import Rung0Config, Rung0Scorer
-from autoprune.search.allocate import warm_start_plans
+from autoprune.search.allocate import allocation_inputs, warm_start_plans
 from autoprune.search.checks import check_search
 from autoprune.search.early_stop import ParetoStopper
-from autoprune.search.fidelity import PromotionRule, Screening
+from autoprune.search.fidelity import PromotionRule, Rung0Step
 from autoprune.search.fingerprint import ATTR, check_fingerprint, stored_fingerprint, study_fingerprint
 from autoprune.search.loop import Budget, Observer, SearchLoop, TrialOutcome
 from autoprune.search.objectives import Objectives
 from autoprune.search.observers import (HeartbeatObserver, MlflowObserver, MlflowProgressObserver, ProgressObserver,
                                           ReportObserver, guarded)
+from autoprune.search.screen import LatencyScreen, ScreenedEvaluator, build_screen
 from autoprune.search.searchers import SearcherSettings, make_sampler, searcher_class
 from autoprune.search.study import open_storage, open_study
 from autoprune.targets import measure_targets
@@ -99,7 +101,7 @@ class Search:
         self.budget = Budget(cfg.search.n_trials, cfg.search.storage, cfg.search.run_name or None)
         self.max_drop = cfg.search.hv_max_drop
         self.mlflow = MlflowObserver(self.tracker, self.study_name, self.ctx.groups, self.output_dir,
-                                     screening=cfg.search.fidelity.multi)
+                                     multi_fidelity=cfg.search.fidelity.multi)
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -141,11 +143,14 @@ class Search:
             baseline = self._measure_baseline()
             report = ReportObserver(self.mlflow, ctx.evaluator, ctx.task.data, self.output_dir, split_sizes,
                                     self.max_drop)
+            # search.screen: before the MlflowObserver, which closes the trial runs it tags
+            screen = build_screen(cfg.search.screen, ctx, self.objectives, baseline, self.tracker)
             self._loop(baseline, [HeartbeatObserver(Heartbeat(self.storage, cfg.search.heartbeat_s or 0)),
+                                  *([screen] if screen else []),
                                   self.mlflow,
                                   MlflowProgressObserver(self.tracker),
                                   ProgressObserver(baseline, self.budget),
-                                  report]).run()
+                                  report], screen).run()
             assert report.report is not None
             outcome = SearchOutcome(self.tracker.parent_id, report.report, report.files)
             status = "FINISHED"
@@ -157,18 +162,23 @@ class Search:
             if parent:
                 guarded("end of the search run", lambda: self.tracker.end(parent, status))
 
-    def _loop(self, baseline: dict, observers: list[Observer]) -> SearchLoop:
+    def _loop(self, baseline: dict, observers: list[Observer], screen: LatencyScreen | None = None) -> SearchLoop:
         search = self.cfg.search
         stop = search.early_stop
         stopper = ParetoStopper(self.study, stop.margin, stop.min_epoch) if stop.enabled else None
+        allocation = None
+        if search.sampler == "allocate":   # the HALP searcher: importance and a latency model of the start model
+            allocation = allocation_inputs(self.ctx.space, self.ctx.evaluator.start_model(), self.ctx.evaluator.pruner,
+                                           self.ctx.profile, search.allocate.table)
         searcher = self.searcher_class.build(
-            self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"]))
-        return SearchLoop(self.study, searcher, self.ctx.space, self.ctx.evaluator, self.objectives, baseline,
+            self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"], allocation))
+        evaluator = ScreenedEvaluator(self.ctx.evaluator, screen) if screen else self.ctx.evaluator
+        return SearchLoop(self.study, searcher, self.ctx.space, evaluator, self.objectives, baseline,  # type: ignore[arg-type]
                           self.budget, self.output_dir, observers, stale=self.stale, stopper=stopper,
                           trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s),
-                          screening=self._screening(), max_drop=self.max_drop, timeout_s=search.timeout_s)
+                          rung0=self._rung0(), max_drop=self.max_drop, timeout_s=search.timeout_s)
 
-    def _screening(self) -> Screening | None:
+    def _rung0(self) -> Rung0Step | None:
         """Rung 0 of a multi-fidelity search (search.fidelity), None for a single-fidelity one."""
         fidelity = self.cfg.search.fidelity
         if not fidelity.multi:
@@ -176,7 +186,7 @@ class Search:
         needs_latency = "latency_ms" in self.objectives.names or "max_latency_ms" in dict(self.objectives.bounds)
         table = LatencyTable.load(Path(fidelity.table), self.ctx.profile) if fidelity.table else None
         scorer = Rung0Scorer(self.ctx.evaluator, Rung0Config(fidelity.bn_batches, fidelity.steps, needs_latency), table)
-        return Screening(scorer, PromotionRule(self.objectives, fidelity.margin, fidelity.warmup, fidelity.promote))
+        return Rung0Step(scorer, PromotionRule(self.objectives, fidelity.margin, fidelity.warmup, fidelity.promote))
 
     def _target(self) -> str:
         """The target(s) of this search's front(s): `cpu-ort-int8-1t (int8, batch 1)`, then also_measure's."""
@@ -249,6 +259,8 @@ def print_summary(report: ReportData, tracker_ui: str, report_dir: Path) -> None
     print(f"Pareto models of study {report.study_name} on {report.target or 'its profile'} ({len(report.trials)} "
           f"completed trials{screened}; speedup = baseline median latency / model median latency, measured on that profile):")
     print(format_table(report))
+    if report.predictor:   # search.screen
+        print(f"latency predictor: {predictor_summary(report.predictor)}")
     print()
     print(f"report:    {report_dir / 'report.html'}")
     print(f"MLflow UI: {tracker_ui}   (then open http://127.0.0.1:5000)")

@@ -3,6 +3,10 @@
 - Optuna samplers: tpe (multivariate multi-objective TPE), nsga2, gp, random, qmc.
 - `uniform`: the baseline sweep — every trial prunes all groups by the same ratio, spread over the
   ratio grid (coarse to fine), so a searched front can be compared with uniform pruning.
+- `allocate`: HALP-style allocation (autoprune.search.allocate): every proposal keeps the most channel
+  importance under a latency budget predicted by the latency table (`search.allocate.table`) or by
+  MACs; the budgets are spread over (narrowest plan, baseline) coarse to fine, a plan already in the study
+  is skipped, and once the budgets are spent the study's sampler (multivariate TPE) proposes.
 - NNI tuners (tpe, evolution, anneal, random; `pip install autoprune[nni]`): single-objective, so
   they maximise a documented scalarisation of the (val accuracy, latency) pair:
       score = val_accuracy + speedup_weight * log2(baseline_latency / latency)
@@ -13,14 +17,16 @@
 from __future__ import annotations
 
 import math
+import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Optional, Protocol
 
 import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.search.space import SearchSpace
 
+log = logging.getLogger("autoprune")
 OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp", "random", "qmc")
 NNI_TUNERS = ("tpe", "evolution", "anneal", "random")
 
@@ -33,12 +39,13 @@ class SearcherSettings:
     nni_tuner: str = "tpe"
     speedup_weight: float = 0.02
     baseline_latency_ms: float = 1.0
+    allocation: Optional[Any] = None   # search.sampler=allocate: autoprune.search.allocate.AllocationInputs
 
     @classmethod
-    def of(cls, cfg: Any, baseline_latency_ms: float) -> "SearcherSettings":
+    def of(cls, cfg: Any, baseline_latency_ms: float, allocation: Optional[Any] = None) -> "SearcherSettings":
         """From the search config (`seed`, `search.nni.*`) and the baseline measured in this run."""
         return cls(int(cfg.seed), str(cfg.search.nni.tuner), float(cfg.search.nni.speedup_weight),
-                   float(baseline_latency_ms))
+                   float(baseline_latency_ms), allocation)
 
 
 class Searcher(Protocol):
@@ -58,6 +65,8 @@ def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.sampl
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False),
         "uniform": lambda: optuna.samplers.RandomSampler(seed=seed),  # every trial is enqueued
+        # allocations are enqueued; once their budgets are spent, TPE learns from them
+        "allocate": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
     }
     if name not in samplers:
         raise ConfigError(f"unknown search.sampler '{name}': choose one of {sorted(samplers)}")
@@ -124,6 +133,64 @@ class UniformGridSearcher(OptunaSearcher):
         return self.study.ask()
 
 
+def _key(params: dict) -> tuple:
+    return tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in params.items()))
+
+
+def _proposed(study: optuna.Study) -> set[tuple]:
+    """The params of every trial of the study, waiting ones (enqueued, not yet asked) included."""
+    return {_key(t.system_attrs.get("fixed_params", {}) if t.state == optuna.trial.TrialState.WAITING
+                 else dict(t.params)) for t in study.get_trials(deepcopy=False)}
+
+
+class AllocationSearcher(OptunaSearcher):
+    """HALP allocations at a deterministic sequence of latency budgets (autoprune.search.allocate.
+    budget_sequence), each plan once: a budget whose plan the study already holds is skipped. A trial
+    already waiting (a warm start) is asked first. The allocation is recorded in the trial's user attr
+    `allocation` (budget fraction, predicted latency, importance kept). When every budget is spent the
+    study's own sampler (search.sampler=allocate: multivariate TPE) proposes, learning from them."""
+
+    samplers = ("allocate",)
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, inputs: Any):
+        from autoprune.search.allocate import budget_sequence
+
+        super().__init__(study)
+        self.space, self.inputs = space, inputs
+        self.fractions = budget_sequence(inputs.narrowest_fraction(space))
+        self._next = 0
+        self._exhausted = False
+
+    @classmethod
+    def build(cls, study: optuna.Study, space: SearchSpace, settings: SearcherSettings) -> "Searcher":
+        if settings.allocation is None:
+            raise ConfigError("search.sampler=allocate needs the model's channel importance and a latency model "
+                              "(autoprune.search.allocate.allocation_inputs): run it through a search")
+        return cls(study, space, settings.allocation)
+
+    def ask(self) -> optuna.Trial:
+        if self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.WAITING]):
+            return self.study.ask()
+        proposed = _proposed(self.study)
+        while self._next < len(self.fractions):
+            fraction = self.fractions[self._next]
+            self._next += 1
+            allocation = self.inputs.allocate(self.space, fraction)
+            params = self.space.encode(allocation.plan)
+            if _key(params) in proposed:
+                continue
+            record = {"budget_fraction": round(fraction, 6), "budget": allocation.budget_ms,
+                      "predicted": allocation.predicted_ms, "importance_kept": allocation.importance_kept,
+                      "latency_model": self.inputs.kind}
+            self.study.enqueue_trial(params, user_attrs={"allocation": record}, skip_if_exists=False)
+            return self.study.ask()
+        if not self._exhausted:
+            self._exhausted = True
+            log.info("allocation: all %d budgets are spent (or gave plans already tried); the study's sampler "
+                     "(multivariate TPE) proposes from here", len(self.fractions))
+        return self.study.ask()
+
+
 class NniSearcher(OptunaSearcher):
     """An NNI tuner proposes; the Optuna study records (proposals are enqueued, results told to both)."""
 
@@ -183,7 +250,7 @@ class NniSearcher(OptunaSearcher):
             self.tuner.trial_end(pid, False)  # positional: TpeTuner names it _success
 
 
-SEARCHERS: tuple[type[OptunaSearcher], ...] = (UniformGridSearcher, OptunaSearcher, NniSearcher)
+SEARCHERS: tuple[type[OptunaSearcher], ...] = (UniformGridSearcher, AllocationSearcher, OptunaSearcher, NniSearcher)
 BACKENDS = tuple(dict.fromkeys(c.backend for c in SEARCHERS))
 
 
