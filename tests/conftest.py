@@ -37,6 +37,17 @@ def compose_config(tmp_path: Path, *overrides: str):
         ])
 
 
+@pytest.fixture(scope="session")
+def forked_cli():
+    """`python -m autoprune ...` as a fresh process per call, forked from one server that imported the
+    libraries once (forked_cli.py); shared by the tests that run the CLI as a user does."""
+    from forked_cli import ForkedCli
+
+    server = ForkedCli()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     return lambda *overrides: compose_config(tmp_path, *overrides)

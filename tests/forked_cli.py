@@ -117,6 +117,7 @@ def _serve() -> None:
             reply = Result(os.waitstatus_to_exitcode(status), out.read_text(errors="replace"),
                            err.read_text(errors="replace"))
         print(json.dumps(reply.__dict__), flush=True)
+    os._exit(0)                                        # stdin closed: skip tearing down torch, MLflow, ...
 
 
 if __name__ == "__main__":

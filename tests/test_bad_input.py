@@ -299,13 +299,6 @@ def base_args(tmp: Path, digits: bool) -> list[str]:
             f"cache_dir={tmp / 'cache'}"]
 
 
-@pytest.fixture(scope="module")
-def cli():
-    server = ForkedCli()
-    yield server
-    server.close()
-
-
 def run_cli(cli: ForkedCli, c: Case, tmp: Path) -> Result:
     """`python -m autoprune <mode> <base args> <case args>` as a fresh process in tmp (forked_cli.py)."""
     args = [a.replace("{tmp}", str(tmp)) for a in c.args]
@@ -341,11 +334,11 @@ def assert_nothing_half_written(tmp: Path, studies: tuple[str, ...] = ()) -> Non
 
 
 @pytest.mark.parametrize("c", CASES)
-def test_bad_input_gives_one_clear_line_and_leaves_nothing_behind(cli, tmp_path, c: Case):
+def test_bad_input_gives_one_clear_line_and_leaves_nothing_behind(forked_cli, tmp_path, c: Case):
     for name, content in c.files.items():
         path = tmp_path / name
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     studies = c.setup(tmp_path) if c.setup else ()
-    result = run_cli(cli, c, tmp_path)
+    result = run_cli(forked_cli, c, tmp_path)
     assert_one_clear_line(result, c.expect)
     assert_nothing_half_written(tmp_path, studies)

@@ -1,27 +1,34 @@
-"""The command line as a user runs it (subprocesses, real exit codes); mistakes are catalogued in
-test_bad_input.py."""
+"""The command line as a user runs it, a process per call with real exit codes and streams: `--help` from a
+fresh interpreter, the others forked from one that has the imports loaded (forked_cli.py). Mistakes are
+catalogued in test_bad_input.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}   # this checkout's autoprune
 
 
-def autoprune(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "autoprune", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ,  # this checkout's autoprune
-                                            "PYTHONPATH": f"{ROOT}{__import__('os').pathsep}{ROOT / 'tests'}"})
+@pytest.fixture
+def autoprune(forked_cli):
+    """`autoprune(*args, cwd=...)`: `python -m autoprune *args` in cwd, forked (forked_cli.py)."""
+    return lambda *args, cwd: forked_cli.run(list(args), cwd=cwd, env=ENV)
 
 
 def test_help_lists_modes_profiles_spaces_and_main_overrides(tmp_path):
     from autoprune.cli import MODES
     from autoprune.resources import resource_dir
 
-    result = autoprune("--help", cwd=tmp_path)
+    # a fresh interpreter, as a user starts it: the one test here that pays for the imports
+    result = subprocess.run([sys.executable, "-m", "autoprune", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=ENV)
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
     for mode in (*MODES, "agent"):  # one line each
@@ -34,7 +41,7 @@ def test_help_lists_modes_profiles_spaces_and_main_overrides(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_mode_help_gives_that_modes_keys_with_comments_and_defaults(tmp_path):
+def test_mode_help_gives_that_modes_keys_with_comments_and_defaults(autoprune, tmp_path):
     result = autoprune("pick", "--help", cwd=tmp_path)
     assert result.returncode == 0
     out = result.stdout
@@ -54,7 +61,7 @@ def test_every_mode_help_finds_its_keys_in_the_shipped_config():
             assert re.search(rf"^{re.escape(key)}:", text, re.M), (mode, key)
 
 
-def test_misspelt_mode_suggests_the_closest(tmp_path):
+def test_misspelt_mode_suggests_the_closest(autoprune, tmp_path):
     result = autoprune("reprot", "reproduce.trial=3", cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [result.stderr.strip()]
@@ -62,15 +69,13 @@ def test_misspelt_mode_suggests_the_closest(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_cfg_job_shows_the_composed_config(tmp_path):
+def test_cfg_job_shows_the_composed_config(autoprune, tmp_path):
     result = autoprune("--cfg", "job", "search.n_trials=7", cwd=tmp_path)
     assert result.returncode == 0
     assert "n_trials: 7" in result.stdout and "hw: cpu-ort-1t" in result.stdout
 
 
-def test_a_read_only_working_directory_is_one_line_and_exit_2(tmp_path):
-    import pytest
-
+def test_a_read_only_working_directory_is_one_line_and_exit_2(autoprune, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
