@@ -220,6 +220,7 @@ class CandidateEvaluator:
             self.deployed(export_model(measured, self.example_input, workdir)), self.profile)
         lap("measure")
         monitor_ms = predicted if latency is None else latency.median_ms
+        assert monitor_ms is not None   # screening predicts what it does not measure
         on_epoch = None
         if monitor is not None:
             on_epoch = lambda epoch, m: monitor(epoch, evaluate(m, self.data.val), monitor_ms)  # noqa: E731

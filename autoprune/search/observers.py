@@ -91,9 +91,11 @@ class MlflowObserver(BaseObserver):
             f"candidate-{trial.number}", "candidate", tags))
         if run_id:
             seconds = {f"seconds_{k}": v for k, v in rung.result.seconds.items()}
-            guarded("candidate results", lambda: (
-                self.tracker.log(run_id, params=self.trial_params(plan), metrics=rung.metrics | seconds),
-                self.tracker.end(run_id)))
+
+            def record() -> None:
+                self.tracker.log(run_id, params=self.trial_params(plan), metrics=rung.metrics | seconds)
+                self.tracker.end(run_id)
+            guarded("candidate results", record)
         if rung.promoted:
             self._start_trial_run(trial)
 

@@ -87,7 +87,8 @@ class LatencyScreen(BaseObserver):
 
     def measurements(self) -> tuple[list[dict[str, int]], list[float]]:
         """The baseline's and every measured trial's (widths, measured ms) in the study."""
-        widths, measured = [{}], [float(self.baseline["latency_ms"])]
+        widths: list[dict[str, int]] = [{}]
+        measured = [float(self.baseline["latency_ms"])]
         if self.study is not None:
             for t in self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
                 if "latency_ms" in t.user_attrs and "plan" in t.user_attrs:
@@ -155,13 +156,13 @@ class LatencyScreen(BaseObserver):
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.BaseTrial, outcome: TrialOutcome) -> None:
         self.trial = None
         attrs = trial.user_attrs
-        run_id, source = attrs.get("mlflow_run_id"), attrs.get(SOURCE_ATTR)
-        if not (self.tracker and run_id and source) or outcome.state not in (COMPLETE, PRUNED):
+        run_id, source, tracker = attrs.get("mlflow_run_id"), attrs.get(SOURCE_ATTR), self.tracker
+        if not (tracker and run_id and source) or outcome.state not in (COMPLETE, PRUNED):
             return
         metrics = {}
         if source == PREDICTED:
             metrics = {k: float(attrs[k]) for k in (*SCORES, "latency_predicted_ms") if k in attrs}
-        guarded("screening record", lambda: self.tracker.log(run_id, metrics=metrics, tags={SOURCE_TAG: source}))
+        guarded("screening record", lambda: tracker.log(run_id, metrics=metrics, tags={SOURCE_TAG: source}))
 
     def on_search_end(self, study: optuna.Study) -> None:
         report = predictor_error(study)
@@ -174,9 +175,10 @@ class LatencyScreen(BaseObserver):
                                                 "mean_abs_rel_error": report.mean_abs_rel_error,
                                                 "max_abs_rel_error": report.max_abs_rel_error,
                                                 "screened": screened, "latency_model": self.kind})
-        parent = self.tracker.parent_id if self.tracker else None
-        if parent:
-            guarded("predictor error", lambda: self.tracker.log(parent, metrics={
+        tracker = self.tracker
+        parent = tracker.parent_id if tracker else None
+        if tracker and parent:
+            guarded("predictor error", lambda: tracker.log(parent, metrics={
                 "predictor_mean_abs_rel_error": report.mean_abs_rel_error,
                 "predictor_within_10pct": report.share_within_10pct, "screened_trials": screened}))
 
