@@ -99,6 +99,12 @@ def test_pick_registers_what_a_deployer_needs(searched):
     assert tags["autoprune.pick_rule"] == "no constraint"
     assert tags["autoprune.study"] == outcome.report.study_name and tags["autoprune.trial_number"] == str(chosen.trial)
     assert f"Trial #{chosen.trial}" in version.description and "(raw / 16" in version.description
+    # logging the deploy model into the trial's run left its end where the Optuna trial ended
+    import optuna
+
+    trial = optuna.load_study(study_name=outcome.report.study_name,
+                              storage=f"sqlite:///{tmp / 'optuna.db'}").trials[chosen.trial]
+    assert client.get_run(chosen.run_id).info.end_time == int(trial.datetime_complete.timestamp() * 1000)
     # the logged model: real validation inputs as its example, the card in its MLmodel metadata
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/digits-card/{picked.version}",
@@ -171,6 +177,25 @@ def test_pareto_models_test_accuracy_is_in_the_study_user_attrs(searched):
     assert outcome.report.front
     for c in outcome.report.front:
         assert study.user_attrs[f"test_accuracy.{c.trial}"] == pytest.approx(c.test_accuracy, abs=1e-9)
+
+
+def test_a_study_stored_without_metric_names_gets_them_from_its_config(tmp_path):
+    """A study whose last search ran before autoprune named the objectives (optuna-dashboard showed "0" /
+    "1"): report / pick / reproduce name them from its stored search.objectives."""
+    import optuna
+
+    from autoprune.search.existing import name_objectives
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(storage=url, study_name="old", directions=["maximize", "minimize"])
+    old.set_user_attr("config", {"search": {"objectives": ["val_accuracy", "params"]}})
+    assert optuna.load_study(study_name="old", storage=url).metric_names is None
+    name_objectives(optuna.load_study(study_name="old", storage=url))
+    assert optuna.load_study(study_name="old", storage=url).metric_names == ["val_accuracy", "params"]
+    odd = optuna.create_study(storage=url, study_name="odd", directions=["maximize", "minimize"])
+    odd.set_user_attr("config", {"search": {"objectives": ["val_accuracy"]}})   # not one name per direction
+    name_objectives(odd)
+    assert optuna.load_study(study_name="odd", storage=url).metric_names is None
 
 
 def test_pick_without_feasible_model_lists_the_nearest(searched):
