@@ -274,6 +274,7 @@ class PickConfig(Section):
     model_name: Optional[str] = None
     alias: str = "deploy"
     export: str = "deploy/model.onnx"
+    engine: bool = True    # TensorRT profiles: also build, save and log the engine (false: the ONNX model only)
 
 
 @dataclass(frozen=True)

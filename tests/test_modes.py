@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -99,6 +100,12 @@ def test_pick_registers_what_a_deployer_needs(searched):
     assert tags["autoprune.pick_rule"] == "no constraint"
     assert tags["autoprune.study"] == outcome.report.study_name and tags["autoprune.trial_number"] == str(chosen.trial)
     assert f"Trial #{chosen.trial}" in version.description and "(raw / 16" in version.description
+    # logging the deploy model into the trial's run left its end where the Optuna trial ended
+    import optuna
+
+    trial = optuna.load_study(study_name=outcome.report.study_name,
+                              storage=f"sqlite:///{tmp / 'optuna.db'}").trials[chosen.trial]
+    assert client.get_run(chosen.run_id).info.end_time == int(trial.datetime_complete.timestamp() * 1000)
     # the logged model: real validation inputs as its example, the card in its MLmodel metadata
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/digits-card/{picked.version}",
@@ -132,6 +139,72 @@ def test_repicking_the_same_trial_reuses_its_version(searched):
     assert second.reused and second.version == first.version and second.chosen.trial == first.chosen.trial
     assert len(versions) == len({first.chosen.trial, moved.chosen.trial})
     assert str(client.get_model_version_by_alias("digits-again", "deploy").version) == first.version
+
+
+def _has_tensorrt_and_gpu() -> bool:
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_has_tensorrt_and_gpu(), reason="TensorRT and a GPU are here: pick builds the engine instead")
+def test_pick_on_a_tensorrt_profile_without_tensorrt_refuses_before_writing(searched, tmp_path):
+    """A search measured with a TensorRT profile, picked on a machine without TensorRT: one line naming both
+    ways out (pick on the GPU machine, or pick.engine=false), and nothing registered, exported or staged."""
+    import shutil
+
+    import optuna
+
+    from autoprune.errors import ConfigError
+
+    tmp, outcome = searched
+    for db in ("optuna.db", "mlflow.db"):
+        shutil.copyfile(tmp / db, tmp_path / db)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.load_study(study_name=outcome.report.study_name, storage=url)
+    study.set_user_attr("config", study.user_attrs["config"] | {"hw": "trt-fp16"})   # as if searched on the GPU
+    stores = (f"search.storage={url}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "mode=pick",
+              "pick.model_name=on-trt", f"pick.export={tmp_path / 'deploy' / 'model.onnx'}")
+    with pytest.raises(ConfigError) as refused:
+        run(_cfg(tmp, *stores), tmp_path / "pick")
+    message = str(refused.value)
+    assert "\n" not in message and "'trt-fp16' runs on TensorRT" in message and "pick.engine=false" in message
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_registered_models() == [] and not (tmp_path / "deploy").exists()
+    onnx_only = run(_cfg(tmp, *stores, "pick.engine=false"), tmp_path / "pick2")   # the way out it names
+    assert onnx_only.engine_path is None and onnx_only.onnx_path.is_file()
+    version = client.get_model_version_by_alias("on-trt", "deploy")
+    assert "autoprune.tensorrt_engine" not in version.tags and sorted(p.name for p in onnx_only.onnx_path.parent.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_tensorrt_and_gpu(), reason="needs TensorRT (pip install tensorrt) and a CUDA GPU")
+def test_pick_on_a_tensorrt_profile_saves_and_logs_its_engine(tmp_path):
+    """On a GPU machine: a search timed with TensorRT, then pick saves the engine next to the ONNX, logs it on
+    the trial's run and tags the version with it; the engine deserializes and takes the model's input."""
+    import json
+
+    import tensorrt as trt
+    from conftest import compose_config
+    from omegaconf import open_dict
+
+    cfg = compose_config(tmp_path, "search.n_trials=1", "search.warm_start=[0.5]")
+    with open_dict(cfg):
+        cfg.hw = "trt-fp16"
+    run(cfg, tmp_path / "search")
+    picked = run(compose_config(tmp_path, "mode=pick", "pick.model_name=trt",   # the study's stored hw: trt-fp16
+                                f"pick.export={tmp_path / 'deploy' / 'model.onnx'}"), tmp_path / "pick")
+    assert picked.engine_path == tmp_path / "deploy" / "model.engine" and picked.engine_path.stat().st_size > 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tag = json.loads(client.get_model_version_by_alias("trt", "deploy").tags["autoprune.tensorrt_engine"])
+    assert tag["artifact"] == "tensorrt/model.engine" and tag["tensorrt"] == trt.__version__ and tag["gpu"]
+    logged = client.download_artifacts(picked.chosen.run_id, tag["artifact"], str(tmp_path / "logged"))
+    assert Path(logged).read_bytes() == picked.engine_path.read_bytes()
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(picked.engine_path.read_bytes())
+    assert engine is not None and engine.num_io_tensors == 2
+    assert tuple(engine.get_tensor_shape(engine.get_tensor_name(0)))[1:] == (1, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +244,25 @@ def test_pareto_models_test_accuracy_is_in_the_study_user_attrs(searched):
     assert outcome.report.front
     for c in outcome.report.front:
         assert study.user_attrs[f"test_accuracy.{c.trial}"] == pytest.approx(c.test_accuracy, abs=1e-9)
+
+
+def test_a_study_stored_without_metric_names_gets_them_from_its_config(tmp_path):
+    """A study whose last search ran before autoprune named the objectives (optuna-dashboard showed "0" /
+    "1"): report / pick / reproduce name them from its stored search.objectives."""
+    import optuna
+
+    from autoprune.search.existing import name_objectives
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(storage=url, study_name="old", directions=["maximize", "minimize"])
+    old.set_user_attr("config", {"search": {"objectives": ["val_accuracy", "params"]}})
+    assert optuna.load_study(study_name="old", storage=url).metric_names is None
+    name_objectives(optuna.load_study(study_name="old", storage=url))
+    assert optuna.load_study(study_name="old", storage=url).metric_names == ["val_accuracy", "params"]
+    odd = optuna.create_study(storage=url, study_name="odd", directions=["maximize", "minimize"])
+    odd.set_user_attr("config", {"search": {"objectives": ["val_accuracy"]}})   # not one name per direction
+    name_objectives(odd)
+    assert optuna.load_study(study_name="odd", storage=url).metric_names is None
 
 
 def test_pick_without_feasible_model_lists_the_nearest(searched):

@@ -1,16 +1,20 @@
 """The report: what it recommends (and that `pick` registers exactly that), intervals and the val–test
 flag, the figures (drawn once, PNG + inline SVG), the table's formatting; and, slow, report.html of a
-real search rendered by headless Chromium."""
+real search and the MLflow UI's page of its picked model, both rendered by headless Chromium."""
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -175,8 +179,9 @@ def searched(tmp_path_factory):
 
 
 def chromium(*args: str) -> str:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", *args], capture_output=True,
-                          text=True, timeout=120, check=True).stdout
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync", *args],
+                          capture_output=True, text=True, timeout=600, check=True).stdout
 
 
 @pytest.mark.slow
@@ -212,3 +217,64 @@ def test_the_recommended_pick_command_registers_the_recommended_model(searched):
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     version = client.get_model_version_by_alias(data.study_name, "deploy")
     assert version.tags["autoprune.trial_number"] == str(rec.model.trial)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _text(dom: str) -> str:
+    """What the page shows: the DOM without scripts, styles and tags, spaces collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom))).replace("\xa0", " ")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_registered_model_page_renders_its_card_in_headless_chromium(searched, tmp_path):
+    """`pick`, then the MLflow UI (`mlflow server` on loopback on the search's store) renders the version's page
+    in a real browser: its description (the model card), the `deploy` alias and every tag with its value."""
+    from conftest import compose_config
+
+    from autoprune.cli import run
+
+    tmp, data, _ = searched
+    picked = run(compose_config(tmp, "mode=pick", "pick.model_name=browsed", f"pick.export={tmp_path / 'm.onnx'}"),
+                 tmp_path / "pick")
+    version = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_model_version("browsed", picked.version)
+    port, log = _free_port(), (tmp_path / "ui.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               f"sqlite:///{tmp / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:   # until it answers, or the server process has ended (its log says why)
+            try:
+                urllib.request.urlopen(base + "/health", timeout=5)
+                break
+            except OSError:   # refused, reset, or no answer in time (URLError and TimeoutError are OSErrors)
+                if server.poll() is not None:
+                    pytest.fail(f"mlflow server ended: {(tmp_path / 'ui.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        # a single-page app: virtual time runs until its requests to the server have been answered and rendered
+        dom = chromium("--user-data-dir=" + str(tmp_path / "profile"), "--window-size=1600,2200",
+                       "--virtual-time-budget=30000", "--dump-dom", f"{base}/#/models/browsed/versions/{picked.version}")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+        log.close()
+    text = "".join(_text(dom).split())   # what the page shows, without whitespace (inline tags add some)
+    chosen = picked.chosen
+
+    def shown(words: str) -> bool:
+        return "".join(words.split()) in text
+
+    assert shown(f"Trial #{chosen.trial} of study {data.study_name}, picked by autoprune: no constraint.")
+    assert shown("Aliases: @ deploy") and shown(f"Source Run: trial-{chosen.trial}")
+    assert shown(f"latency median / p90 {chosen.latency_ms:.4f} / {chosen.latency_p90_ms:.4f} ms")
+    rows = dict(re.findall(r'<tr data-row-key="(autoprune\.[^"]+)".*?</td><td[^>]*>(.*?)</td>', dom))
+    assert set(rows) == set(version.tags) and len(rows) > 20
+    assert all(_text(rows[key]).split() == _text(value).split() for key, value in version.tags.items())

@@ -290,3 +290,30 @@ def test_trial_timeout_and_flaky_mlflow_do_not_stop_the_search(make_cfg, tmp_pat
     assert study.trials[2].values is not None                                             # ... Optuna has it
     first = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])                    # retried: all there
     assert first.data.tags["autoprune.state"] == "complete" and "latency_ms" in first.data.metrics
+
+
+def test_trial_runs_span_exactly_their_optuna_trials(two_invocations):
+    """A trial run starts and ends when its Optuna trial did: not when the search ended (Pareto models
+    are logged then) nor when `pick` logged its deploy model (a 2-s trial showed 40-50 s before)."""
+    tmp, first, second = two_invocations
+    study = optuna.load_study(study_name=first.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("e2e").experiment_id
+    parents = {p.info.run_id: p.info for p in _runs(client, exp_id, "search")}
+    runs = sorted(_runs(client, exp_id, "trial"), key=lambda r: int(r.data.tags["autoprune.trial_number"]))
+    assert any(r.data.tags["autoprune.pareto"] == "true" for r in runs)   # their models were logged at the end
+    for trial_run in runs:
+        trial = study.trials[int(trial_run.data.tags["autoprune.trial_number"])]
+        assert trial_run.info.start_time == int(trial.datetime_start.timestamp() * 1000)
+        assert trial_run.info.end_time == int(trial.datetime_complete.timestamp() * 1000)
+        parent = parents[trial_run.data.tags["mlflow.parentRunId"]]
+        assert parent.start_time <= trial_run.info.start_time <= trial_run.info.end_time <= parent.end_time
+    for earlier, later in zip(runs, runs[1:]):   # one worker: trial runs follow one another, never overlap
+        assert earlier.info.end_time <= later.info.start_time
+
+
+def test_the_resumed_study_names_its_objectives(two_invocations):
+    """What optuna-dashboard shows as the objectives' names (it showed "0" / "1" without them)."""
+    tmp, first, _ = two_invocations
+    study = optuna.load_study(study_name=first.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    assert study.metric_names == ["val_accuracy", "latency_ms"]

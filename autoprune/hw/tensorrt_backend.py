@@ -61,6 +61,19 @@ def check_tensorrt():
 
 
 @dataclass(frozen=True)
+class TensorRTEngine:
+    """A serialized engine and what it runs on only: this TensorRT version and this GPU model."""
+
+    data: bytes
+    trt_version: str
+    gpu: str
+    precision: str
+
+    def describe(self) -> dict:
+        return {"tensorrt": self.trt_version, "gpu": self.gpu, "precision": self.precision, "bytes": len(self.data)}
+
+
+@dataclass(frozen=True)
 class PrecisionPlan:
     fp16_onnx: bool        # convert the model's weights and arithmetic to fp16 before parsing
     fp16_flag: bool        # set BuilderFlag.FP16 (weak typing, TensorRT <= 10)
@@ -165,18 +178,32 @@ class TensorRTBackend:
         _atomic_write(engine_file, engine)
         return engine
 
-    def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
+    def build_engine(self, onnx_path: Path, profile: HardwareProfile) -> TensorRTEngine:
+        """The engine of an ONNX file for `profile`, built as `measure` builds what it times (from the
+        engine cache when it holds it). `pick` saves it next to the exported ONNX. UNTESTED HERE (no GPU):
+        tests/test_modes.py::test_pick_on_a_tensorrt_profile_saves_and_logs_its_engine runs it on a GPU."""
         trt = check_tensorrt()
         import torch
 
         device = torch.device(profile.device)
         torch.cuda.set_device(device)
         gpu = torch.cuda.get_device_name(device)
-        onnx_path = as_exported(model).onnx_path
         plan = precision_plan(trt.__version__, hasattr(trt.BuilderFlag, "FP16"), profile.precision)
         specs = input_specs(onnx_path, profile)
         with measurement_lock():  # tactic timing uses the GPU: not while another search times on it
-            engine_bytes = self._build(trt, prepare_onnx(onnx_path, profile, plan), profile, plan, specs, gpu)
+            data = self._build(trt, prepare_onnx(onnx_path, profile, plan), profile, plan, specs, gpu)
+        return TensorRTEngine(data, trt.__version__, gpu, profile.precision)
+
+    def measure(self, model: ModelFiles, profile: HardwareProfile) -> LatencyStats:
+        trt = check_tensorrt()
+        import torch
+
+        device = torch.device(profile.device)
+        onnx_path = as_exported(model).onnx_path
+        plan = precision_plan(trt.__version__, hasattr(trt.BuilderFlag, "FP16"), profile.precision)
+        specs = input_specs(onnx_path, profile)
+        built = self.build_engine(onnx_path, profile)
+        engine_bytes, gpu = built.data, built.gpu
 
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
         engine = runtime.deserialize_cuda_engine(engine_bytes)

@@ -23,7 +23,20 @@ OWN_TARGETS = "autoprune."   # the project's own factories (tasks.zoo, tasks.mod
 def load_existing(cfg: AppConfig) -> tuple[optuna.Study, Tracker]:
     storage = open_storage(cfg.search.storage)
     study = find_study(storage, cfg.search.storage, cfg.search.study_name)
+    name_objectives(study)
     return study, Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+
+
+def name_objectives(study: optuna.Study) -> None:
+    """Give a study without metric names (its last search ran before autoprune set them, so optuna-dashboard
+    shows its objectives as "0" / "1") the names of its stored config's `search.objectives`. A search sets
+    them itself, on new and resumed studies alike (autoprune.search.runner)."""
+    if study.metric_names is not None:
+        return
+    stored = study.user_attrs.get("config")
+    names = stored.get("search", {}).get("objectives") if isinstance(stored, dict) else None
+    if isinstance(names, list) and len(names) == len(study.directions) and all(isinstance(n, str) for n in names):
+        study.set_metric_names(names)
 
 
 def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

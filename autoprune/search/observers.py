@@ -39,7 +39,6 @@ from autoprune.report.recommend import SplitSizes
 from autoprune.search.fidelity import RUNG_ATTR, RungOutcome
 from autoprune.search.loop import (CANDIDATE, COMPLETE, FAILED, INTERRUPTED, LOST, PRUNED, BaseObserver, Budget,
                                    TrialOutcome, one_line)
-from autoprune.search.pareto import front_hypervolume
 from autoprune.search.workers import OWNER_ATTR, Heartbeat
 from autoprune.tasks import DataSplits
 from autoprune.track import Tracker
@@ -57,6 +56,11 @@ def guarded(what: str, call: Callable[[], Any]) -> Any:
     except TrackingError as exc:
         log.warning("MLflow: %s failed (%s); the search goes on, Optuna keeps the result", what, exc)
         return None
+
+
+def _ms(when) -> Optional[int]:
+    """A datetime of Optuna's (local, naive) as MLflow's epoch milliseconds; None stays None."""
+    return None if when is None else int(when.timestamp() * 1000)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -101,7 +105,8 @@ class MlflowObserver(BaseObserver):
 
     def _start_trial_run(self, trial: optuna.Trial) -> None:
         run_id = guarded("start of a trial run", lambda: self.tracker.start_child(
-            f"trial-{trial.number}", "trial", {STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"}))
+            f"trial-{trial.number}", "trial", {STUDY: self.study_name, TRIAL_NUMBER: trial.number, STATE: "running"},
+            _ms(trial.datetime_start)))   # the run spans the trial: Optuna's start and (on_trial_end) end
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
             plan = PrunePlan.from_dict(trial.user_attrs["plan"])
@@ -111,16 +116,19 @@ class MlflowObserver(BaseObserver):
         run_id = trial.user_attrs.get("mlflow_run_id")
         if outcome.state == CANDIDATE:   # not promoted: its candidate run is all it has
             return
+        # Optuna's end of the trial (None while it is still running: a bookkeeping failure, a lost trial)
+        end_ms = _ms(study.get_trials(deepcopy=False)[trial.number].datetime_complete) if run_id else None
         if outcome.state == COMPLETE:
-            if run_id and not guarded("trial results", lambda: self._log_trial(run_id, outcome)):
-                self.close_run(run_id, "FINISHED", {"autoprune.logging_error": "results or artifacts incomplete"})
+            if run_id and not guarded("trial results", lambda: self._log_trial(run_id, outcome, end_ms)):
+                self.close_run(run_id, "FINISHED", {"autoprune.logging_error": "results or artifacts incomplete"},
+                               end_ms)
         elif outcome.state == PRUNED:
-            self.close_run(run_id, "FINISHED", {STATE: "pruned", "autoprune.stop_reason": outcome.reason})
+            self.close_run(run_id, "FINISHED", {STATE: "pruned", "autoprune.stop_reason": outcome.reason}, end_ms)
         else:   # failed, interrupted, lost
             status = "FAILED" if outcome.state == FAILED else "KILLED"
-            self.close_run(run_id, status, {STATE: "failed", FAIL_REASON: outcome.reason})
+            self.close_run(run_id, status, {STATE: "failed", FAIL_REASON: outcome.reason}, end_ms)
 
-    def _log_trial(self, run_id: str, outcome: TrialOutcome) -> bool:
+    def _log_trial(self, run_id: str, outcome: TrialOutcome, end_ms: Optional[int] = None) -> bool:
         started, result, workdir = time.perf_counter(), outcome.result, outcome.workdir
         assert result is not None and workdir is not None
         repaired = {"autoprune.repaired": json.dumps(result.repaired)} if result.repaired else {}
@@ -130,14 +138,14 @@ class MlflowObserver(BaseObserver):
         self.tracker.log_artifacts(run_id, [workdir / "plan.json", workdir / "latency.json",
                                             result.onnx_path, *fp32, result.model_path])
         self.tracker.log(run_id, metrics={"seconds_log": time.perf_counter() - started})
-        self.tracker.end(run_id)
+        self.tracker.end(run_id, end_ms=end_ms)
         return True
 
-    def close_run(self, run_id: Optional[str], status: str, tags: dict) -> None:
+    def close_run(self, run_id: Optional[str], status: str, tags: dict, end_ms: Optional[int] = None) -> None:
         def close(run_id: str) -> None:
             if tags:
                 self.tracker.log(run_id, tags=tags)
-            self.tracker.end(run_id, status)
+            self.tracker.end(run_id, status, end_ms)
 
         if run_id:
             guarded("closing a run", lambda: close(run_id))
@@ -158,7 +166,8 @@ class MlflowObserver(BaseObserver):
             own = attrs.get(OWNER_ATTR) == process_owner()
             records.append(TrialRecord(t.number, attrs.get("mlflow_run_id"),
                                        self.trial_params(PrunePlan.from_dict(attrs["plan"])), metrics,
-                                       [workdir / n for n in TRIAL_ARTIFACTS if own and (workdir / n).is_file()]))
+                                       [workdir / n for n in TRIAL_ARTIFACTS if own and (workdir / n).is_file()],
+                                       _ms(t.datetime_start), _ms(t.datetime_complete)))
         return records
 
     def reconcile(self, study: optuna.Study, when: str) -> None:
@@ -304,5 +313,5 @@ class ReportObserver(BaseObserver):
                 self.tracker.log_models(run_id, onnx_file, model, example=self.data.val_inputs(4).numpy())
 
 
-__all__ = ["HeartbeatObserver", "MlflowObserver", "MlflowProgressObserver", "ProgressObserver", "ReportObserver", "front_hypervolume",
+__all__ = ["HeartbeatObserver", "MlflowObserver", "MlflowProgressObserver", "ProgressObserver", "ReportObserver",
            "guarded"]

@@ -179,6 +179,8 @@ class TrialRecord:
     params: dict
     metrics: dict
     artifacts: list = field(default_factory=list)   # files of this trial still on disk (re-logged if missing)
+    start_ms: Optional[int] = None   # the trial's own start and end (Optuna's datetime_start / _complete)
+    end_ms: Optional[int] = None
 
 
 @dataclass
@@ -277,14 +279,30 @@ class Tracker:
         return _matching(self._search(_where(**tags), order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
                                       max_results=1000), **tags)
 
-    def start_child(self, name: str, role: str, tags: Optional[dict] = None) -> str:
+    def start_child(self, name: str, role: str, tags: Optional[dict] = None, start_ms: Optional[int] = None) -> str:
+        """A nested run; `start_ms` (epoch milliseconds) is when what it records began (default: now)."""
         tags = {ROLE: role, OWNER: process_owner(), **({PARENT: self.parent_id} if self.parent_id else {}),
                 **(tags or {})}
-        return _call(self.client.create_run, self.experiment_id, run_name=name,
+        return _call(self.client.create_run, self.experiment_id, run_name=name, start_time=start_ms,
                      tags={k: str(v) for k, v in tags.items()}).info.run_id
 
-    def end(self, run_id: str, status: str = "FINISHED") -> None:
-        _call(self.client.set_terminated, run_id, status=status)
+    def end(self, run_id: str, status: str = "FINISHED", end_ms: Optional[int] = None) -> None:
+        """End a run; `end_ms` (epoch milliseconds) is when what it records ended (default: now)."""
+        _call(self.client.set_terminated, run_id, status=status, end_time=end_ms)
+
+    @contextlib.contextmanager
+    def _into_run(self, run_id: str):
+        """`mlflow.start_run(run_id=...)` for the fluent `log_model` APIs, which have no run argument. Leaving
+        it ends the run with end_time = now; a run that had ended keeps its own status and end time instead
+        (a trial run's duration stays the trial's, whenever its models are logged)."""
+        import mlflow
+
+        before = _call(self.client.get_run, run_id).info
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=run_id):
+            yield
+        if before.end_time is not None and before.status != "RUNNING":
+            self.end(run_id, before.status, before.end_time)
 
     # -- data ---------------------------------------------------------------------------------
     def log(self, run_id: str, params: Optional[dict] = None, metrics: Optional[dict] = None,
@@ -394,7 +412,7 @@ class Tracker:
         """None (already in agreement, or another live worker's), 'created', 'repaired', or why not."""
         if run is None:
             run_id = self.start_child(f"trial-{record.number}", "trial",
-                                      {STUDY: study, TRIAL_NUMBER: record.number, STATE: "running"})
+                                      {STUDY: study, TRIAL_NUMBER: record.number, STATE: "running"}, record.start_ms)
             self.log(run_id, params=record.params)
             run = _call(self.client.get_run, run_id)
             created = True
@@ -423,7 +441,7 @@ class Tracker:
         if FAIL_REASON in data.tags:
             _call(self.client.delete_tag, run_id, FAIL_REASON)
         if run.info.status != "FINISHED":
-            self.end(run_id, "FINISHED")
+            self.end(run_id, "FINISHED", record.end_ms)
         if conflicts:
             return f"params logged with other values than Optuna's: {', '.join(conflicts)}"
         if missing:
@@ -469,10 +487,9 @@ class Tracker:
         else:
             session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
             signature = infer_signature(example, session.run(None, {session.get_inputs()[0].name: example})[0])
-        mlflow.set_tracking_uri(self.uri)
         for noisy in ("mlflow", "torch._export", "torch.export"):
             _logging.getLogger(noisy).setLevel(_logging.ERROR)
-        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+        with warnings.catch_warnings(), self._into_run(run_id):
             warnings.simplefilter("ignore")
             onnx_info = mlflow.onnx.log_model(proto, name="onnx_model", signature=signature, input_example=example,
                                               onnx_execution_providers=["CPUExecutionProvider"],
@@ -504,9 +521,8 @@ class Tracker:
         example = np.asarray(example, dtype=onnx.helper.tensor_dtype_to_np_dtype(
             proto.graph.input[0].type.tensor_type.elem_type))
         signature = infer_signature(example, session.run(None, {session.get_inputs()[0].name: example})[0])
-        mlflow.set_tracking_uri(self.uri)
         _logging.getLogger("mlflow").setLevel(_logging.ERROR)
-        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+        with warnings.catch_warnings(), self._into_run(run_id):
             warnings.simplefilter("ignore")
             info = mlflow.onnx.log_model(proto, name="deploy_model", signature=signature, input_example=example,
                                          onnx_execution_providers=["CPUExecutionProvider"], metadata=metadata,
