@@ -114,15 +114,34 @@ def test_timm_vit_heads_and_residual_stream_with_class_token_and_position_embedd
     export_onnx(pruned, X, tmp_path / "vit.onnx")
 
 
-def test_swin_attention_is_excluded_with_its_reason_not_traced_into():
+def test_swin_residual_stream_prunes_in_whole_head_steps_and_its_heads_stay(tmp_path):
+    model = _model("swin")
+    pruner = make_pruner(model, X, ["head"], round_to=1)
+    groups = {g.name: g for g in pruner.groups(model)}
+    assert set(groups) == {"blocks.0.mlp.0", "blocks.1.mlp.0", "patch_embed"}
+    # the window attention derives its head size from its input width (C // num_heads): its heads
+    # stay (the report says why), the residual stream goes in multiples of num_heads
+    assert {"blocks.0.attn", "blocks.1.attn"} <= set(pruner.excluded)
+    assert "head size" in pruner.excluded["blocks.0.attn"]
+    assert groups["patch_embed"].step == 2
+    pruned = copy.deepcopy(model)
+    pruner.apply(pruned, PrunePlan({"patch_embed": GroupPlan(0.3)}, "l2"))   # 16 * 0.3 -> 4 (a whole step)
+    attn = pruned.blocks[0].attn
+    assert pruned.patch_embed.out_channels == 12 == attn.qkv.in_features == attn.proj.in_features
+    assert attn.num_heads == 2 and attn.qkv.out_features == 3 * 12 and pruned.head.in_features == 12
+    export_onnx(pruned, X, tmp_path / "swin.onnx")
+
+
+def test_attention_internals_are_one_node_for_the_trace():
+    """The trace does not walk into a fused attention's reshapes and window shuffles: torch-pruning's
+    graph holds the attention as one node, and none of its inner ops."""
     model = _model("swin")
     pruner = make_pruner(model, X, ["head"])
-    names = {g.name for g in pruner.groups(model)}
-    assert names == {"blocks.0.mlp.0", "blocks.1.mlp.0"}
-    # the window attention derives its head size from its input width: neither its heads nor the
-    # residual stream can shrink, and the report says so
-    assert {"blocks.0.attn", "blocks.1.attn", "patch_embed"} <= set(pruner.excluded)
-    assert all("no longer runs" in pruner.excluded[n] for n in ("blocks.0.attn", "patch_embed"))
+    graph, _, _ = pruner._graph(model)
+    attn = graph.module2node[model.blocks[0].attn]
+    assert len(attn.inputs) == 1 and "Reshape" in type(attn.inputs[0].module).__name__   # the window partition
+    ops = {type(n.grad_fn).__name__ for n in graph.module2node.values()}
+    assert "NativeLayerNormBackward0" in ops and not any("Softmax" in op or "Bmm" in op for op in ops)
 
 
 def test_channel_shuffle_group_is_excluded_and_the_branches_prune():
