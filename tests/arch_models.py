@@ -285,18 +285,32 @@ class SwinBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class PatchMerging(nn.Module):
+    """Swin's downsampling, channels last: the four 2x2 neighbours sliced on H and W, concatenated on C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm, self.reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):  # (B, H, W, C)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
 class SwinNet(nn.Module):
     def __init__(self, num_classes: int = 3, in_channels: int = 1, dim: int = 16, heads: int = 2, patch: int = 2,
                  window: int = 2):
         super().__init__()
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.blocks = nn.Sequential(SwinBlock(dim, heads, window, 0), SwinBlock(dim, heads, window, window // 2))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.merge = PatchMerging(dim)
+        self.stage2 = SwinBlock(2 * dim, 2 * heads, window, 0)
+        self.norm = nn.LayerNorm(2 * dim)
+        self.head = nn.Linear(2 * dim, num_classes)
 
     def forward(self, x):
         x = self.patch_embed(x).permute(0, 2, 3, 1)
-        return self.head(self.norm(self.blocks(x)).mean((1, 2)))
+        return self.head(self.norm(self.stage2(self.merge(self.blocks(x)))).mean((1, 2)))
 
 
 # factories by pattern name, as `task.model._target_` names them

@@ -118,17 +118,20 @@ def test_swin_residual_stream_prunes_in_whole_head_steps_and_its_heads_stay(tmp_
     model = _model("swin")
     pruner = make_pruner(model, X, ["head"], round_to=1)
     groups = {g.name: g for g in pruner.groups(model)}
-    assert set(groups) == {"blocks.0.mlp.0", "blocks.1.mlp.0", "patch_embed"}
+    # PatchMerging's slices x[:, 1::2] are on the height (channels last), not on the channels
+    assert set(groups) == {"blocks.0.mlp.0", "blocks.1.mlp.0", "patch_embed", "merge.reduction", "stage2.mlp.0"}
     # the window attention derives its head size from its input width (C // num_heads): its heads
     # stay (the report says why), the residual stream goes in multiples of num_heads
     assert {"blocks.0.attn", "blocks.1.attn"} <= set(pruner.excluded)
     assert "head size" in pruner.excluded["blocks.0.attn"]
     assert groups["patch_embed"].step == 2
     pruned = copy.deepcopy(model)
-    pruner.apply(pruned, PrunePlan({"patch_embed": GroupPlan(0.3)}, "l2"))   # 16 * 0.3 -> 4 (a whole step)
-    attn = pruned.blocks[0].attn
+    pruner.apply(pruned, PrunePlan({"patch_embed": GroupPlan(0.3), "merge.reduction": GroupPlan(0.5)}, "l2"))
+    attn = pruned.blocks[0].attn   # 16 * 0.3 -> 4 channels go (a whole step of 2 heads)
     assert pruned.patch_embed.out_channels == 12 == attn.qkv.in_features == attn.proj.in_features
-    assert attn.num_heads == 2 and attn.qkv.out_features == 3 * 12 and pruned.head.in_features == 12
+    assert attn.num_heads == 2 and attn.qkv.out_features == 3 * 12
+    assert pruned.merge.norm.normalized_shape == (48,) and pruned.merge.reduction.out_features == 16
+    assert pruned.stage2.attn.num_heads == 4 and pruned.head.in_features == 16
     export_onnx(pruned, X, tmp_path / "swin.onnx")
 
 
