@@ -114,6 +114,18 @@ def test_timm_vit_heads_and_residual_stream_with_class_token_and_position_embedd
     export_onnx(pruned, X, tmp_path / "vit.onnx")
 
 
+def test_torchvision_vit_width_attribute_follows_the_pruned_patch_projection(tmp_path):
+    model = _model("tv_vit")
+    pruner = make_pruner(model, X, output_layers(model, X), round_to=1)
+    groups = {g.name: g for g in pruner.groups(model)}
+    assert groups["conv_proj"].step == 4   # nn.MultiheadAttention: embed_dim stays a multiple of num_heads
+    pruned = copy.deepcopy(model)
+    pruner.apply(pruned, PrunePlan({"conv_proj": GroupPlan(0.5)}, "l2"))
+    assert pruned.hidden_dim == pruned.conv_proj.out_channels == 8 == pruned.class_token.shape[-1]
+    assert pruned.pos_embedding.shape[-1] == 8 and pruned.layers[0].self_attention.embed_dim == 8
+    export_onnx(pruned, X, tmp_path / "vit.onnx")
+
+
 def test_swin_residual_stream_prunes_in_whole_head_steps_and_its_heads_stay(tmp_path):
     model = _model("swin")
     pruner = make_pruner(model, X, ["head"], round_to=1)
@@ -256,6 +268,6 @@ def test_search_on_a_model_with_every_pattern(make_cfg, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shufflenet", "regnet", "squeezenet", "densenet_gn", "ghostnet", "mixnet", "mha_net",
-                                  "timm_vit", "swin"])
+                                  "tv_vit", "timm_vit", "swin"])
 def test_search_per_pattern(make_cfg, tmp_path, name):
     _search(make_cfg, tmp_path, name)

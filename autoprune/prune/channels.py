@@ -440,6 +440,7 @@ class ChannelPruner:
             with torch.no_grad():
                 early = {g.name: self._scores(graph, model, g, importance, plan.importance, stats) for g, *_ in todo}
         removed: dict[str, list[int]] = {}
+        links = _width_links(model)
         for g, n, ratio in todo:
             scores = early[g.name] if gradient else self._scores(graph, model, g, importance, plan.importance, stats)
             idxs = self._remove(graph, g, scores, n, ratio)
@@ -449,6 +450,7 @@ class ChannelPruner:
             log.info("plan repaired: group %s %s", name, note)
         if removed:
             _sync_splits(model)
+            _sync_widths(links)
             self._check_runs(model, list(removed))
         return removed
 
@@ -533,6 +535,7 @@ class ChannelPruner:
         """Remove exactly the given channel indices per group (from `apply_with_indices` on a twin)."""
         graph, groups, _ = self._graph(model)
         by_name = {g.name: g for g in groups}
+        links = _width_links(model)
         for name, idxs in removed.items():
             if name not in by_name:
                 raise PruningError(f"group '{name}' is not in this model: replay indices on the same architecture")
@@ -548,7 +551,38 @@ class ChannelPruner:
                                    f"'{name}' in the search space")
             group.prune()
         _sync_splits(model)
+        _sync_widths(links)
         return model
+
+
+WIDTH_ATTRS = ("hidden_dim", "embed_dim", "embedding_dim", "d_model")
+
+
+def _width_links(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(module, attribute, layer): an int width attribute the module's forward reads (torchvision's ViT
+    reshapes its patches to `self.hidden_dim`) that equals the output width of exactly one of its own
+    conv / linear children (`conv_proj`): after pruning, the attribute follows that layer."""
+    links = []
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):   # torch-pruning updates its embed_dim itself
+            continue
+        for attr in WIDTH_ATTRS:
+            value = getattr(module, attr, None)
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            layers = [c for c in module.children() if isinstance(c, ROOT_TYPES) and _out_width(c) == value]
+            if len(layers) == 1:
+                links.append((module, attr, layers[0]))
+    return links
+
+
+def _out_width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _sync_widths(links: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for module, attr, layer in links:
+        setattr(module, attr, _out_width(layer))
 
 
 def _sync_splits(model: nn.Module) -> None:
