@@ -145,6 +145,7 @@ def run_pick(cfg: AppConfig) -> PickOutcome:
             if chosen.test_accuracy is None:   # outside the front: never scored on test during the search
                 chosen = _score_on_test(study, tracker, chosen, onnx_file, splits)
             card = _card(study, tracker, data, chosen, rule, onnx_file, splits)
+            assert chosen.run_id is not None  # checked above; scoring on test keeps the run
             if build_engine is not None:
                 named = Path(tmp) / "engine" / "model.engine"
                 named.parent.mkdir()
@@ -155,7 +156,6 @@ def run_pick(cfg: AppConfig) -> PickOutcome:
                 version = existing
             else:
                 example = splits.val_inputs(N_EXAMPLES).numpy()
-                assert chosen.run_id is not None  # checked above; scoring on test keeps the run
                 model_id = tracker.log_deploy_model(chosen.run_id, onnx_file, example, card.metadata())
                 version = tracker.register(model_id, name, p.alias, card.tags() | engine_tags, card.description())
         os.replace(staged, export)

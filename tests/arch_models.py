@@ -191,6 +191,43 @@ class MHANet(nn.Module):
         return self.fc(pooled[:, 0])
 
 
+class TVEncoderBlock(nn.Module):
+    """torchvision's ViT encoder block: pre-norm nn.MultiheadAttention and MLP, both residual."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ln_1, self.self_attention = nn.LayerNorm(dim), nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        x = x + self.self_attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class TVViT(nn.Module):
+    """torchvision's VisionTransformer layout: forward reshapes the patches to `self.hidden_dim` (a width
+    held as an int), class token concatenated, position embedding added, nn.MultiheadAttention blocks."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 1, hidden_dim: int = 16, heads: int = 4,
+                 patch: int = 2, size: int = 8):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.conv_proj = nn.Conv2d(in_channels, hidden_dim, patch, stride=patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, hidden_dim) * 0.02)
+        self.layers = nn.Sequential(TVEncoderBlock(hidden_dim, heads), TVEncoderBlock(hidden_dim, heads))
+        self.ln = nn.LayerNorm(hidden_dim)
+        self.heads = nn.Linear(hidden_dim, num_classes)
+
+    def forward(self, x):
+        n = x.shape[0]
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1) + self.pos_embedding
+        return self.heads(self.ln(self.layers(x))[:, 0])
+
+
 class TimmAttention(nn.Module):
     """timm's ViT attention: one fused qkv Linear, heads split by reshape/permute, then proj."""
 
@@ -285,18 +322,32 @@ class SwinBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class PatchMerging(nn.Module):
+    """Swin's downsampling, channels last: the four 2x2 neighbours sliced on H and W, concatenated on C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm, self.reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):  # (B, H, W, C)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
 class SwinNet(nn.Module):
     def __init__(self, num_classes: int = 3, in_channels: int = 1, dim: int = 16, heads: int = 2, patch: int = 2,
                  window: int = 2):
         super().__init__()
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.blocks = nn.Sequential(SwinBlock(dim, heads, window, 0), SwinBlock(dim, heads, window, window // 2))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.merge = PatchMerging(dim)
+        self.stage2 = SwinBlock(2 * dim, 2 * heads, window, 0)
+        self.norm = nn.LayerNorm(2 * dim)
+        self.head = nn.Linear(2 * dim, num_classes)
 
     def forward(self, x):
         x = self.patch_embed(x).permute(0, 2, 3, 1)
-        return self.head(self.norm(self.blocks(x)).mean((1, 2)))
+        return self.head(self.norm(self.stage2(self.merge(self.blocks(x)))).mean((1, 2)))
 
 
 # factories by pattern name, as `task.model._target_` names them
@@ -328,6 +379,10 @@ def mha_net(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
     return MHANet(num_classes, in_channels)
 
 
+def tv_vit(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
+    return TVViT(num_classes, in_channels)
+
+
 def timm_vit(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
     return TimmViT(num_classes, in_channels)
 
@@ -337,7 +392,7 @@ def swin(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
 
 
 PATTERNS = {"shuffle": shufflenet, "grouped": regnet, "conv_classifier": squeezenet, "dense_groupnorm": densenet_gn,
-            "ghost": ghostnet, "mixconv": mixnet, "mha": mha_net, "timm_vit": timm_vit, "swin": swin}
+            "ghost": ghostnet, "mixconv": mixnet, "mha": mha_net, "tv_vit": tv_vit, "timm_vit": timm_vit, "swin": swin}
 
 
 class Everything(nn.Module):

@@ -114,15 +114,49 @@ def test_timm_vit_heads_and_residual_stream_with_class_token_and_position_embedd
     export_onnx(pruned, X, tmp_path / "vit.onnx")
 
 
-def test_swin_attention_is_excluded_with_its_reason_not_traced_into():
+def test_torchvision_vit_width_attribute_follows_the_pruned_patch_projection(tmp_path):
+    model = _model("tv_vit")
+    pruner = make_pruner(model, X, output_layers(model, X), round_to=1)
+    groups = {g.name: g for g in pruner.groups(model)}
+    assert groups["conv_proj"].step == 4   # nn.MultiheadAttention: embed_dim stays a multiple of num_heads
+    pruned = copy.deepcopy(model)
+    pruner.apply(pruned, PrunePlan({"conv_proj": GroupPlan(0.5)}, "l2"))
+    assert pruned.hidden_dim == pruned.conv_proj.out_channels == 8 == pruned.class_token.shape[-1]
+    assert pruned.pos_embedding.shape[-1] == 8 and pruned.layers[0].self_attention.embed_dim == 8
+    export_onnx(pruned, X, tmp_path / "vit.onnx")
+
+
+def test_swin_residual_stream_prunes_in_whole_head_steps_and_its_heads_stay(tmp_path):
+    model = _model("swin")
+    pruner = make_pruner(model, X, ["head"], round_to=1)
+    groups = {g.name: g for g in pruner.groups(model)}
+    # PatchMerging's slices x[:, 1::2] are on the height (channels last), not on the channels
+    assert set(groups) == {"blocks.0.mlp.0", "blocks.1.mlp.0", "patch_embed", "merge.reduction", "stage2.mlp.0"}
+    # the window attention derives its head size from its input width (C // num_heads): its heads
+    # stay (the report says why), the residual stream goes in multiples of num_heads
+    assert {"blocks.0.attn", "blocks.1.attn"} <= set(pruner.excluded)
+    assert "head size" in pruner.excluded["blocks.0.attn"]
+    assert groups["patch_embed"].step == 2
+    pruned = copy.deepcopy(model)
+    pruner.apply(pruned, PrunePlan({"patch_embed": GroupPlan(0.3), "merge.reduction": GroupPlan(0.5)}, "l2"))
+    attn = pruned.blocks[0].attn   # 16 * 0.3 -> 4 channels go (a whole step of 2 heads)
+    assert pruned.patch_embed.out_channels == 12 == attn.qkv.in_features == attn.proj.in_features
+    assert attn.num_heads == 2 and attn.qkv.out_features == 3 * 12
+    assert pruned.merge.norm.normalized_shape == (48,) and pruned.merge.reduction.out_features == 16
+    assert pruned.stage2.attn.num_heads == 4 and pruned.head.in_features == 16
+    export_onnx(pruned, X, tmp_path / "swin.onnx")
+
+
+def test_attention_internals_are_one_node_for_the_trace():
+    """The trace does not walk into a fused attention's reshapes and window shuffles: torch-pruning's
+    graph holds the attention as one node, and none of its inner ops."""
     model = _model("swin")
     pruner = make_pruner(model, X, ["head"])
-    names = {g.name for g in pruner.groups(model)}
-    assert names == {"blocks.0.mlp.0", "blocks.1.mlp.0"}
-    # the window attention derives its head size from its input width: neither its heads nor the
-    # residual stream can shrink, and the report says so
-    assert {"blocks.0.attn", "blocks.1.attn", "patch_embed"} <= set(pruner.excluded)
-    assert all("no longer runs" in pruner.excluded[n] for n in ("blocks.0.attn", "patch_embed"))
+    graph, _, _ = pruner._graph(model)
+    attn = graph.module2node[model.blocks[0].attn]
+    assert len(attn.inputs) == 1 and "Reshape" in type(attn.inputs[0].module).__name__   # the window partition
+    ops = {type(n.grad_fn).__name__ for n in graph.module2node.values()}
+    assert "NativeLayerNormBackward0" in ops and not any("Softmax" in op or "Bmm" in op for op in ops)
 
 
 def test_channel_shuffle_group_is_excluded_and_the_branches_prune():
@@ -234,6 +268,6 @@ def test_search_on_a_model_with_every_pattern(make_cfg, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shufflenet", "regnet", "squeezenet", "densenet_gn", "ghostnet", "mixnet", "mha_net",
-                                  "timm_vit", "swin"])
+                                  "tv_vit", "timm_vit", "swin"])
 def test_search_per_pattern(make_cfg, tmp_path, name):
     _search(make_cfg, tmp_path, name)

@@ -11,12 +11,23 @@ Its heads are a group of their own (kind "heads", named after the module): remov
 h*d..(h+1)*d of each of q, k and v in `qkv` (weight and bias), the same input columns of `proj`, and
 index h of the last dimension of the module's own parameters sized num_heads (a relative position bias
 table); `num_heads` follows (head_dim stays). At least one head always stays.
+
+Some attentions derive their head size from the input width (torchvision's Swin: `C // num_heads`, no
+`head_dim` attribute): `tied_head_size`. Their heads cannot go, but the residual stream can, in
+multiples of num_heads: each head then loses the same number of its least important dims (rows of q,
+k, v and columns of proj), so that num_heads x head_dim stays equal to the width.
+
+While torch-pruning traces, each such module's output is a single autograd node whose only input is
+the module's input (`opaque_during_trace`): the trace does not walk its internals (reshapes, rolls,
+window partitions, masks), which made torch-pruning's trace of torchvision's Swin run for more than
+10 minutes or past 8 GB.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -47,6 +58,12 @@ def is_fused_attention(module: nn.Module) -> bool:
         return False
     inner = qkv.out_features
     return inner % 3 == 0 and (inner // 3) % heads == 0 and proj.in_features == inner // 3
+
+
+def tied_head_size(module: nn.Module) -> bool:
+    """The module derives its head size from its input width (no int `head_dim`; inner width == input width)."""
+    return (not isinstance(getattr(module, "head_dim", None), int)
+            and module.qkv.in_features == module.proj.in_features)
 
 
 def fused_attentions(model: nn.Module) -> list[FusedAttention]:
@@ -90,6 +107,67 @@ def remove_heads(att: FusedAttention, heads: Sequence[int]) -> None:
         m.head_dim = d
 
 
+def shrink_head_dims(module: nn.Module, width: int) -> None:
+    """A `tied_head_size` module whose input width became `width`: every head keeps width / num_heads of
+    its dims, the ones with the largest L2 norm over q, k, v rows and proj columns."""
+    h = int(module.num_heads)
+    inner = module.proj.in_features
+    d, keep_d = inner // h, width // h
+    if width % h or keep_d < 1:
+        raise ValueError(f"width {width} does not split into {h} heads")
+    if keep_d == d:
+        return
+    with torch.no_grad():
+        w = module.qkv.weight.detach().float().reshape(3, h, d, -1).pow(2).sum((0, 3))
+        w = w + module.proj.weight.detach().float().reshape(-1, h, d).pow(2).sum(0)
+        dims = torch.argsort(w, dim=1, descending=True, stable=True)[:, :keep_d].sort(dim=1).values
+        cols = (dims + torch.arange(h).view(-1, 1) * d).flatten()
+        rows = torch.cat([cols + part * inner for part in range(3)])
+        module.qkv.weight = _keep(module.qkv.weight, rows, 0)
+        if module.qkv.bias is not None:
+            module.qkv.bias = _keep(module.qkv.bias, rows, 0)
+        module.qkv.out_features = len(rows)
+        module.proj.weight = _keep(module.proj.weight, cols, 1)
+        module.proj.in_features = len(cols)
+
+
+class _Boundary(torch.autograd.Function):
+    """y, as a new autograd node whose only input is x (never differentiated: tracing only)."""
+
+    @staticmethod
+    def forward(ctx, x, y):  # noqa: D102
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        raise RuntimeError("an attention made opaque for tracing is not differentiable")
+
+
+@contextlib.contextmanager
+def opaque_during_trace(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Within the block, each module computes its output without autograd and hands it on as one node
+    fed by its input alone, so a dependency trace sees the module as a single layer."""
+    def wrap(forward):
+        def opaque(x, *args, **kwargs):
+            with torch.no_grad():
+                y = forward(x, *args, **kwargs)
+            if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.requires_grad:
+                return _Boundary.apply(x, y)
+            return y
+        return opaque
+
+    patched = []
+    for m in modules:
+        if "forward" not in vars(m):
+            m.forward = wrap(m.forward)
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
 def head_scores(att: FusedAttention, score) -> torch.Tensor:
     """One score per head: `score(name, tensor)` summed over the rows / columns the head owns."""
     h, d = att.num_heads, att.head_dim
@@ -107,7 +185,10 @@ class FusedAttentionPruner(tp.pruner.BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tied = tied_head_size(layer)
         tp.prune_linear_in_channels(layer.qkv, idxs)
+        if tied:
+            shrink_head_dims(layer, layer.qkv.in_features)
         return layer
 
     def get_out_channels(self, layer: Any) -> int:   # a fused attention module
@@ -118,4 +199,4 @@ class FusedAttentionPruner(tp.pruner.BasePruningFunc):
 
 
 __all__ = ["FusedAttention", "FusedAttentionPruner", "fused_attentions", "head_scores", "is_fused_attention",
-           "remove_heads"]
+           "opaque_during_trace", "remove_heads", "shrink_head_dims", "tied_head_size"]

@@ -37,7 +37,7 @@ import torch_pruning as tp
 from autoprune.errors import PruningError, first_line
 from autoprune.plan import GroupPlan, PrunePlan, kept_channels
 from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fused_attentions, head_scores,
-                                       is_fused_attention, remove_heads)
+                                       is_fused_attention, opaque_during_trace, remove_heads, tied_head_size)
 from autoprune.prune.importance import make_importance
 from autoprune.prune.criteria import CHANNEL_ONLY
 from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scores
@@ -68,8 +68,38 @@ def _guard_reshape_mapping() -> None:
     index_mapping.update_reshape_index_mapping = update
 
 
+def _guard_slice_mapping() -> None:
+    """torch-pruning 1.6 reads a slice of a 4-D tensor on dim 1 as a slice of channels. In a channels-last
+    model (torchvision's Swin: B, H, W, C) dim 1 is the height, and PatchMerging's x[:, 1::2] then dropped
+    half of the channel indices. A slice whose dim-1 size is not the channel count there is spatial: it gets
+    no index mapping (channels pass it unchanged) and `_structure` does not read it as a channel slice."""
+    from torch_pruning.dependency import index_mapping, shape_infer
+
+    original = index_mapping.update_slice_index_mapping
+    if getattr(original, "_autoprune_guard", False):
+        return
+
+    def update(graph, node):
+        sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+        if sizes is not None and len(sizes) == 4 and getattr(node.module, "dim", None) == 1:
+            channels = None
+            for n in node.inputs:
+                channels = shape_infer.infer_out_channels_recursively(graph, n, [0])
+                if channels is not None:
+                    break
+            if channels is not None and channels != int(sizes[1]):
+                _SPATIAL.add(node.module)
+                return None
+        return original(graph, node)
+
+    update._autoprune_guard = True
+    index_mapping.update_slice_index_mapping = update
+
+
 _OPAQUE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_SPATIAL: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _guard_reshape_mapping()
+_guard_slice_mapping()
 
 
 def _all_groups(graph, ignored: Iterable, names: dict, excluded: dict[str, str]):
@@ -189,7 +219,7 @@ class ChannelPruner:
         was_training = model.training
         model.eval()  # tracing must not update BatchNorm statistics
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), opaque_during_trace([a.module for a in attentions]):
                 graph = tp.DependencyGraph().build_dependency(
                     model, example_inputs=self.example_input, verbose=False,
                     customized_pruners={c: FusedAttentionPruner() for c in classes})
@@ -225,6 +255,10 @@ class ChannelPruner:
         for att in attentions:
             if att.name in self.ignored or any(m in self.ignored for m in att.members) or att.num_heads < 2:
                 continue
+            if tied_head_size(att.module):
+                excluded[att.name] = ("its head size is its input width / num_heads (no head_dim attribute): its "
+                                      "heads stay; the residual stream goes in multiples of num_heads: excluded")
+                continue
             groups.append(_Group(att.name, None, att.members, att.members, "heads", attention=att))
         return graph, groups, excluded
 
@@ -240,6 +274,8 @@ class ChannelPruner:
             if m in _OPAQUE:
                 return ("its channels pass a reshape that mixes channels with another dimension (a channel shuffle), "
                         "which torch-pruning cannot map: excluded")
+            if isinstance(m, tp.ops._SliceOp) and m in _SPATIAL:
+                continue
             if isinstance(m, tp.ops._SliceOp):
                 sizes = tuple(m.grad_fn._saved_self_sym_sizes)
                 dim = m.dim % len(sizes)
@@ -265,7 +301,7 @@ class ChannelPruner:
                         "excluded")
             if isinstance(m, nn.GroupNorm):
                 step = math.lcm(step, m.num_groups)
-            elif isinstance(m, nn.MultiheadAttention):
+            elif isinstance(m, nn.MultiheadAttention) or (is_fused_attention(m) and tied_head_size(m)):
                 step = math.lcm(step, m.num_heads)
             elif _is_grouped(m):
                 step, chunks = math.lcm(step, m.groups), math.lcm(chunks, m.groups)
@@ -404,6 +440,7 @@ class ChannelPruner:
             with torch.no_grad():
                 early = {g.name: self._scores(graph, model, g, importance, plan.importance, stats) for g, *_ in todo}
         removed: dict[str, list[int]] = {}
+        links = _width_links(model)
         for g, n, ratio in todo:
             scores = early[g.name] if gradient else self._scores(graph, model, g, importance, plan.importance, stats)
             idxs = self._remove(graph, g, scores, n, ratio)
@@ -413,6 +450,7 @@ class ChannelPruner:
             log.info("plan repaired: group %s %s", name, note)
         if removed:
             _sync_splits(model)
+            _sync_widths(links)
             self._check_runs(model, list(removed))
         return removed
 
@@ -497,6 +535,7 @@ class ChannelPruner:
         """Remove exactly the given channel indices per group (from `apply_with_indices` on a twin)."""
         graph, groups, _ = self._graph(model)
         by_name = {g.name: g for g in groups}
+        links = _width_links(model)
         for name, idxs in removed.items():
             if name not in by_name:
                 raise PruningError(f"group '{name}' is not in this model: replay indices on the same architecture")
@@ -512,7 +551,38 @@ class ChannelPruner:
                                    f"'{name}' in the search space")
             group.prune()
         _sync_splits(model)
+        _sync_widths(links)
         return model
+
+
+WIDTH_ATTRS = ("hidden_dim", "embed_dim", "embedding_dim", "d_model")
+
+
+def _width_links(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(module, attribute, layer): an int width attribute the module's forward reads (torchvision's ViT
+    reshapes its patches to `self.hidden_dim`) that equals the output width of exactly one of its own
+    conv / linear children (`conv_proj`): after pruning, the attribute follows that layer."""
+    links = []
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):   # torch-pruning updates its embed_dim itself
+            continue
+        for attr in WIDTH_ATTRS:
+            value = getattr(module, attr, None)
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            layers = [c for c in module.children() if isinstance(c, ROOT_TYPES) and _out_width(c) == value]
+            if len(layers) == 1:
+                links.append((module, attr, layers[0]))
+    return links
+
+
+def _out_width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _sync_widths(links: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for module, attr, layer in links:
+        setattr(module, attr, _out_width(layer))
 
 
 def _sync_splits(model: nn.Module) -> None:
