@@ -60,7 +60,7 @@ def is_fused_attention(module: nn.Module) -> bool:
     return inner % 3 == 0 and (inner // 3) % heads == 0 and proj.in_features == inner // 3
 
 
-def tied_head_size(module: nn.Module) -> bool:
+def tied_head_size(module: Any) -> bool:   # a fused attention module
     """The module derives its head size from its input width (no int `head_dim`; inner width == input width)."""
     return (not isinstance(getattr(module, "head_dim", None), int)
             and module.qkv.in_features == module.proj.in_features)
@@ -107,7 +107,7 @@ def remove_heads(att: FusedAttention, heads: Sequence[int]) -> None:
         m.head_dim = d
 
 
-def shrink_head_dims(module: nn.Module, width: int) -> None:
+def shrink_head_dims(module: Any, width: int) -> None:   # a fused attention module
     """A `tied_head_size` module whose input width became `width`: every head keeps width / num_heads of
     its dims, the ones with the largest L2 norm over q, k, v rows and proj columns."""
     h = int(module.num_heads)
@@ -184,7 +184,7 @@ class FusedAttentionPruner(tp.pruner.BasePruningFunc):
         tp.prune_linear_out_channels(layer.proj, idxs)
         return layer
 
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+    def prune_in_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:   # a fused attention module
         tied = tied_head_size(layer)
         tp.prune_linear_in_channels(layer.qkv, idxs)
         if tied:

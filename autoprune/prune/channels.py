@@ -92,7 +92,7 @@ def _guard_slice_mapping() -> None:
                 return None
         return original(graph, node)
 
-    update._autoprune_guard = True
+    setattr(update, "_autoprune_guard", True)
     index_mapping.update_slice_index_mapping = update
 
 
@@ -562,7 +562,7 @@ def _width_links(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     """(module, attribute, layer): an int width attribute the module's forward reads (torchvision's ViT
     reshapes its patches to `self.hidden_dim`) that equals the output width of exactly one of its own
     conv / linear children (`conv_proj`): after pruning, the attribute follows that layer."""
-    links = []
+    links: list[tuple[nn.Module, str, nn.Module]] = []
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):   # torch-pruning updates its embed_dim itself
             continue
@@ -577,7 +577,10 @@ def _width_links(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
 
 
 def _out_width(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    assert isinstance(layer, nn.modules.conv._ConvNd)   # ROOT_TYPES: convolutions and linears
+    return layer.out_channels
 
 
 def _sync_widths(links: list[tuple[nn.Module, str, nn.Module]]) -> None:
