@@ -170,17 +170,6 @@ def budget_sequence(low: float, levels: int = MAX_LEVELS) -> list[float]:
     return out
 
 
-def check_budgets(budgets) -> list[float]:
-    """`search.allocate.budgets`: fractions of the baseline's latency in (0, 1]."""
-    out = []
-    for b in budgets or []:
-        if not isinstance(b, (int, float)) or isinstance(b, bool) or not 0.0 < b <= 1.0:
-            raise ConfigError(f"search.allocate.budgets value {b!r} is not a fraction of the baseline's latency in "
-                              "(0, 1]: give e.g. search.allocate.budgets=[0.5,0.3] (or [] for none)")
-        out.append(float(b))
-    return out
-
-
 @dataclass(frozen=True)
 class AllocationInputs:
     """What allocating needs of a model: per-channel importance by group (at the unpruned widths) and a
@@ -233,4 +222,4 @@ def warm_start_plans(space: SearchSpace, model: nn.Module, pruner, profile: Hard
 
 
 __all__ = ["Allocation", "AllocationInputs", "LatencyModel", "allocate", "allocate_fractions", "allocation_inputs",
-           "budget_sequence", "check_budgets", "warm_start_plans"]
+           "budget_sequence", "warm_start_plans"]
