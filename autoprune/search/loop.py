@@ -34,7 +34,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import optuna
 
 from autoprune import interrupts
-from autoprune.candidate import CandidateEvaluator, TrialResult
+from autoprune.candidate import TrialResult
 from autoprune.plan import PrunePlan
 from autoprune.search.deadline import deadline
 from autoprune.search.early_stop import ParetoStopper
@@ -46,6 +46,15 @@ from autoprune.search.space import SearchSpace
 from autoprune.search.workers import INTERRUPTED_ATTR, StaleTrialHandler, budget_used, claim
 
 log = logging.getLogger("autoprune")
+
+Monitor = Callable[[int, float, float], None]   # (epoch, val accuracy, latency ms) during the recovery
+
+
+class Evaluator(Protocol):
+    """What the loop asks of an evaluator (autoprune.candidate.CandidateEvaluator, or one wrapping it)."""
+
+    def evaluate(self, plan: PrunePlan, workdir: Path, monitor: Optional[Monitor] = None) -> TrialResult: ...
+
 
 COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST = "complete", "pruned", "failed", "interrupted", "lost"
 CANDIDATE = "candidate"   # scored at rung 0 and not promoted (multi-fidelity): told PRUNED, never on the front
@@ -128,7 +137,7 @@ def one_line(exc: BaseException) -> str:
 
 
 class SearchLoop:
-    def __init__(self, study: optuna.Study, searcher: Searcher, space: SearchSpace, evaluator: CandidateEvaluator,
+    def __init__(self, study: optuna.Study, searcher: Searcher, space: SearchSpace, evaluator: Evaluator,
                  objectives: Objectives, baseline: dict, budget: Budget, output_dir: Path,
                  observers: Sequence[Observer] = (), stale: Optional[StaleTrialHandler] = None,
                  stopper: Optional[ParetoStopper] = None, trial_timeout_s: Optional[float] = None,

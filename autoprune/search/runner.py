@@ -173,7 +173,7 @@ class Search:
         searcher = self.searcher_class.build(
             self.study, self.ctx.space, SearcherSettings.of(self.cfg, baseline["latency_ms"], allocation))
         evaluator = ScreenedEvaluator(self.ctx.evaluator, screen) if screen else self.ctx.evaluator
-        return SearchLoop(self.study, searcher, self.ctx.space, evaluator, self.objectives, baseline,  # type: ignore[arg-type]
+        return SearchLoop(self.study, searcher, self.ctx.space, evaluator, self.objectives, baseline,
                           self.budget, self.output_dir, observers, stale=self.stale, stopper=stopper,
                           trial_timeout_s=search.trial_timeout_s, check_stale=bool(search.heartbeat_s),
                           rung0=self._rung0(), max_drop=self.max_drop, timeout_s=search.timeout_s)

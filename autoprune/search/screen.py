@@ -30,15 +30,17 @@ What is recorded:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import optuna
 
+from autoprune.candidate import CandidateEvaluator, TrialResult
 from autoprune.hw.predictor import LatencyTable, MacsModel, PredictorReport, error_report
 from autoprune.hw.stats import LatencyStats
 from autoprune.plan import PrunePlan, kept_channels
 from autoprune.search.allocate import LatencyModel
-from autoprune.search.loop import COMPLETE, PRUNED, BaseObserver, TrialOutcome
+from autoprune.search.loop import COMPLETE, PRUNED, BaseObserver, Monitor, TrialOutcome
 from autoprune.search.objectives import DIRECTIONS, Objectives
 from autoprune.search.observers import guarded
 from autoprune.track import Tracker
@@ -196,10 +198,10 @@ def predictor_error(study: optuna.Study) -> Optional[PredictorReport]:
 class ScreenedEvaluator:
     """The search's CandidateEvaluator with screening: `evaluate` decides after scoring whether to measure."""
 
-    def __init__(self, evaluator, screen: LatencyScreen):
+    def __init__(self, evaluator: CandidateEvaluator, screen: LatencyScreen):
         self.evaluator, self.screen = evaluator, screen
 
-    def evaluate(self, plan: PrunePlan, workdir, monitor=None):
+    def evaluate(self, plan: PrunePlan, workdir: Path, monitor: Optional[Monitor] = None) -> TrialResult:
         return self.evaluator.evaluate(plan, workdir, monitor, screen=self.screen)
 
 
