@@ -261,8 +261,8 @@ def test_a_locked_store_loses_nothing_optuna_has(tmp_path, monkeypatch, caplog):
     lock = HeldLock(tmp_path / "mlflow.db")
     original_start = Tracker.start_child
 
-    def start_child(self, name, role, tags=None):
-        run_id = original_start(self, name, role, tags)
+    def start_child(self, name, role, *args, **kwargs):
+        run_id = original_start(self, name, role, *args, **kwargs)
         if name == "trial-1":
             lock.hold()  # the run exists; its params will not get in
         return run_id
