@@ -5,7 +5,9 @@ middle of its bookkeeping.
 (a trial's bookkeeping: claiming it, starting its MLflow run, telling Optuna, logging results) a
 signal is only recorded. It is raised at the next `check()` (between two trials), on entering the
 next `allowed()` block (a trial's evaluation, which the interrupt then fails and retries), or when
-the outermost `held()` block ends. Once an interrupt has been raised the process is closing what is
+the outermost `held()` block ends. Library code that swallows KeyboardInterrupt (a bare `except:`)
+is run `held()` where it is known (torch-pruning's tracing); an interrupt swallowed elsewhere inside
+`allowed()` is raised again when that block ends. Once an interrupt has been raised the process is closing what is
 open: later signals are noted on stderr and otherwise ignored (`kill -9` still ends it at once).
 
 Without `install()` (the Python API) the blocks change nothing: signals keep their own handlers.
@@ -65,14 +67,19 @@ def held() -> Iterator[None]:
 
 @contextlib.contextmanager
 def allowed() -> Iterator[None]:
-    """Inside a held block: signals are raised at once again, a held one on entry."""
+    """Inside a held block: signals are raised at once again, a held one on entry. An interrupt raised
+    inside and swallowed there (library code with a bare `except:`, e.g. torch-pruning's tracing) is
+    raised again when the block ends."""
     saved, _gate.holding = _gate.holding, 0
+    closing = _gate.closing
     try:
         if _gate.pending is not None and _gate.installed:
             _gate.interrupt()
         yield
     finally:
         _gate.holding = saved
+    if _gate.closing and not closing:
+        raise KeyboardInterrupt
 
 
 def check() -> None:

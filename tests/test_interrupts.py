@@ -78,3 +78,68 @@ def test_a_signal_held_during_bookkeeping_lands_between_two_trials():
     done = _run(BETWEEN)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == ["last trial logged", "ended"]
+
+
+SWALLOWED = """
+import json, signal
+
+steps = []
+interrupts.install()
+try:
+    with interrupts.held():
+        try:
+            with interrupts.allowed():                # the evaluation, in library code that swallows it
+                try:
+                    signal.raise_signal(signal.SIGTERM)
+                except:                               # noqa: E722  as torch-pruning's tracing does
+                    steps.append("swallowed")
+                steps.append("evaluation went on")
+        except KeyboardInterrupt:
+            steps.append("interrupted after the evaluation")
+            raise
+except KeyboardInterrupt:
+    steps.append("ended")
+print(json.dumps(steps))
+"""
+
+# The CI failure of stop 23: SIGTERM during torch-pruning's trace was swallowed by its bare `except:`
+# and the search ran to its end with exit 0. The trace is held now: the signal lands just after it.
+TRACE = """
+import json, signal
+import torch
+from autoprune import interrupts
+from autoprune.prune.channels import ChannelPruner
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.calls = torch.nn.Conv2d(1, 8, 3), torch.nn.Linear(8, 2), 0
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 1:
+            signal.raise_signal(signal.SIGTERM)       # a `kill` in the middle of the trace
+        return self.fc(self.conv(x).mean((2, 3)))
+
+steps, net = [], Net()
+interrupts.install()
+try:
+    with interrupts.held(), interrupts.allowed():
+        ChannelPruner(torch.randn(1, 1, 8, 8), ["fc"]).groups(net)
+        steps.append("traced")
+except KeyboardInterrupt:
+    steps.append("interrupted")
+print(json.dumps(steps))
+"""
+
+
+def test_an_interrupt_swallowed_by_library_code_lands_when_the_evaluation_ends():
+    done = _run(SWALLOWED)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["swallowed", "evaluation went on", "interrupted after the evaluation", "ended"]
+
+
+def test_a_signal_during_torch_pruning_tracing_is_not_swallowed():
+    done = subprocess.run([sys.executable, "-c", TRACE], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["interrupted"]   # swallowed, it would be ["traced", "interrupted"]

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from autoprune import interrupts
 from autoprune.errors import PruningError, first_line
 from autoprune.plan import GroupPlan, PrunePlan, kept_channels
 from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fused_attentions, head_scores,
@@ -219,7 +220,9 @@ class ChannelPruner:
         was_training = model.training
         model.eval()  # tracing must not update BatchNorm statistics
         try:
-            with torch.enable_grad(), opaque_during_trace([a.module for a in attentions]):
+            # held: torch-pruning's tracing retries the forward pass after a bare `except:`, which would
+            # swallow a Ctrl-C / SIGTERM (autoprune.interrupts); one arriving meanwhile lands just after
+            with interrupts.held(), torch.enable_grad(), opaque_during_trace([a.module for a in attentions]):
                 graph = tp.DependencyGraph().build_dependency(
                     model, example_inputs=self.example_input, verbose=False,
                     customized_pruners={c: FusedAttentionPruner() for c in classes})
