@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from autoprune.resources import resource_dir
 from autoprune.tasks.models import resnet_small
 
 DATA = Path(__file__).parent / "data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):   # `pytest -n`: the workers share the cores, one thread each (and the
+    os.environ["OMP_NUM_THREADS"] = "1"      # processes they start); torch's own pool would oversubscribe them
+    torch.set_num_threads(1)
 
 # A tiny but real setup: ResNet (8/16/16 channels) on 16x16 digits, 2 baseline epochs, 1 fine-tune epoch,
 # no pre-flight (seconds per context; tests/test_preflight.py covers it).

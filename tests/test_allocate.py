@@ -7,31 +7,24 @@ import optuna
 import pytest
 import torch
 
-from autoprune.calibrate import layer_specs
+from setups import prunable_resnet
+
 from autoprune.config import AppConfig
 from autoprune.errors import ConfigError
 from autoprune.hw.predictor import LatencyTable, LayerSpec, MacsModel, layer_macs
 from autoprune.plan import PrunePlan
-from autoprune.prune import ChannelPruner, output_layers
 from autoprune.search.allocate import (AllocationInputs, _grid, allocate, allocate_fractions, allocation_inputs,
                                        warm_start_plans)
 from autoprune.search.checks import check_search
 from autoprune.search.runner import Search
 from autoprune.search.searchers import AllocationSearcher, SearcherSettings, make_sampler
 from autoprune.search.space import build_space
-from autoprune.tasks.models import resnet_small
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    model = resnet_small(widths=(16, 32, 64)).eval()
-    x = torch.randn(1, 1, 24, 24)
-    pruner = ChannelPruner(x, output_layers(model, x), 8)
-    groups = pruner.groups(model)
-    space = build_space({"ratio": {"low": 0.0, "high": 0.75, "step": 0.125}}, groups)
-    macs = MacsModel({g.name: g.channels for g in groups}, layer_specs(model, pruner), 8)
-    return model, pruner, space, macs, pruner.channel_scores(model, "l2")
+    r = prunable_resnet()
+    return r.model, r.pruner, r.space, MacsModel(r.widths, r.layers, 8), r.pruner.channel_scores(r.model, "l2")
 
 
 def _steps_up(space, plan):

@@ -4,25 +4,18 @@ registered model with its alias must be visible through its REST API (what the U
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from servers import serving
+
 from autoprune.cli import run
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -37,26 +30,12 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("MLflow server did not start")
+    command = lambda port: [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),  # noqa: E731
+                            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                            "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"]
+    with serving(command, "/health", tmp_path / "server.log", cwd=tmp_path) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_search_and_pick_are_visible_through_the_server(tmp_path, mlflow_server):

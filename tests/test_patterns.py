@@ -100,7 +100,8 @@ def test_nm_keeps_exactly_n_of_every_m_and_skips_layers_it_cannot_tile(model, ex
     logger, records = logging.getLogger("autoprune"), _Records()
     logger.addHandler(records)
     # another test's logging.config.dictConfig (a library's, disable_existing_loggers) may have disabled it
-    level, disabled, logger.level, logger.disabled = logger.level, logger.disabled, logging.INFO, False
+    level, disabled, logger.disabled = logger.level, logger.disabled, False
+    logger.setLevel(logging.INFO)   # not `logger.level = ...`: setLevel clears the logger's isEnabledFor cache
     try:
         result = engine.apply(model, PrunePlan.uniform(groups, 0.5, pattern="nm", nm=(1, 4)))
     finally:

@@ -10,15 +10,14 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from servers import serving
 
 from autoprune.pick import PickRule, choose
 from autoprune.report import format_table, write_report
@@ -219,12 +218,6 @@ def test_the_recommended_pick_command_registers_the_recommended_model(searched):
     assert version.tags["autoprune.trial_number"] == str(rec.model.trial)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _text(dom: str) -> str:
     """What the page shows: the DOM without scripts, styles and tags, spaces collapsed."""
     dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
@@ -244,28 +237,13 @@ def test_the_registered_model_page_renders_its_card_in_headless_chromium(searche
     picked = run(compose_config(tmp, "mode=pick", "pick.model_name=browsed", f"pick.export={tmp_path / 'm.onnx'}"),
                  tmp_path / "pick")
     version = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_model_version("browsed", picked.version)
-    port, log = _free_port(), (tmp_path / "ui.log").open("w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                               f"sqlite:///{tmp / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:   # until it answers, or the server process has ended (its log says why)
-            try:
-                urllib.request.urlopen(base + "/health", timeout=5)
-                break
-            except OSError:   # refused, reset, or no answer in time (URLError and TimeoutError are OSErrors)
-                if server.poll() is not None:
-                    pytest.fail(f"mlflow server ended: {(tmp_path / 'ui.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+    command = lambda port: [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",  # noqa: E731
+                            f"sqlite:///{tmp / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+                            "--workers", "1"]
+    with serving(command, "/health", tmp_path / "ui.log", cwd=tmp) as base:
         # a single-page app: virtual time runs until its requests to the server have been answered and rendered
         dom = chromium("--user-data-dir=" + str(tmp_path / "profile"), "--window-size=1600,2200",
                        "--virtual-time-budget=30000", "--dump-dom", f"{base}/#/models/browsed/versions/{picked.version}")
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
-        log.close()
     text = "".join(_text(dom).split())   # what the page shows, without whitespace (inline tags add some)
     chosen = picked.chosen
 

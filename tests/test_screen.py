@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import optuna
 import pytest
-import torch
+
+from setups import prunable_resnet
 
 from autoprune.calibrate import layer_specs
 from autoprune.config import AppConfig, ScreenConfig
 from autoprune.errors import ConfigError
 from autoprune.hw.predictor import MacsModel
 from autoprune.hw.profile import HardwareProfile
-from autoprune.prune import ChannelPruner, output_layers
 from autoprune.search.objectives import Objectives
 from autoprune.search.runner import Search
 from autoprune.search.screen import PREDICTED, SOURCE_ATTR, SOURCE_TAG, LatencyScreen, Screened
-from autoprune.search.space import build_space
-from autoprune.tasks.models import resnet_small
 from autoprune.track import Tracker
 
 State = optuna.trial.TrialState
@@ -26,13 +24,8 @@ State = optuna.trial.TrialState
 
 @pytest.fixture(scope="module")
 def resnet():
-    torch.manual_seed(0)
-    model = resnet_small(widths=(16, 32, 64)).eval()
-    x = torch.randn(1, 1, 24, 24)
-    pruner = ChannelPruner(x, output_layers(model, x), 8)
-    groups = pruner.groups(model)
-    space = build_space({"ratio": {"low": 0.0, "high": 0.75, "step": 0.125}}, groups)
-    return model, pruner, space, {g.name: g.channels for g in groups}, layer_specs(model, pruner)
+    r = prunable_resnet()
+    return r.model, r.pruner, r.space, r.widths, r.layers
 
 
 def test_screen_mode_auto_is_on_where_measuring_is_expensive():

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,16 +14,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from servers import serving
+
 from autoprune.cli import run
 from autoprune.tasks.digits import load
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -41,30 +34,14 @@ def test_the_picked_model_serves_its_test_predictions(tmp_path):
     run(compose_config(tmp_path, "search.n_trials=1", "search.warm_start=[0.5]"), tmp_path / "search")
     picked = run(compose_config(tmp_path, "mode=pick", "pick.model_name=served",
                                 f"pick.export={tmp_path / 'model.onnx'}"), tmp_path / "pick")
-    port = _free_port()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/served@deploy",
-                               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:   # until it answers, or the server process has ended (its log says why)
-            try:
-                urllib.request.urlopen(base + "/ping", timeout=5)
-                break
-            except OSError:   # refused, reset, or no answer in time (URLError and TimeoutError are OSErrors)
-                if server.poll() is not None:
-                    pytest.fail(f"mlflow models serve ended: {(tmp_path / 'serve.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+    command = lambda port: [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/served@deploy",  # noqa: E731
+                            "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)]
+    with serving(command, "/ping", tmp_path / "serve.log", cwd=tmp_path, env=env) as base:
         x, y = load(size=16).test.tensors   # the FAST task's test split (conftest.FAST: task.data.size=16)
         served = np.asarray(_post(base + "/invocations", {"inputs": x.numpy().tolist()})["predictions"]["output"])
-    finally:
-        os.killpg(server.pid, 15)   # mlflow and the uvicorn it started
-        server.wait(timeout=60)
-        log.close()
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)
