@@ -14,9 +14,9 @@ calibrated on the train split), timed there in one pass, in shuffled order (`--r
 and scored on the test split by running that target's artifact with ONNX Runtime.
 
 Tables:
-- cross-target matrix: row = search target A, column = deploy target B. Each cell: the latency on B of
-  the fastest front model of search A within 1 point of the baseline's test accuracy on B, divided by
-  the same for search B's front. > 1: searching on B found a faster model for B than searching on A
+- cross-target matrix (one per `--drops`, default 1 and 2 points): row = search target A, column =
+  deploy target B. Each cell: the latency on B of the fastest front model of search A within that many
+  points of the baseline's test accuracy on B, divided by the same for search B's front. > 1: searching on B found a faster model for B than searching on A
   (the diagonal is 1). "-" where a front has no model within 1 point.
 - int8: normalised hypervolume (test accuracy on int8 vs int8 latency ratio to the baseline) of the
   measured-latency int8 search's front and of the FLOPs-proxy search's front, and their ratio.
@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep results here (default: a temp dir)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every search")
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side measurements of every model")
+    parser.add_argument("--drops", type=float, nargs="+", default=[1.0, 2.0],
+                        help="test accuracy drops (points) for the cross-target matrix: one matrix each")
     args = parser.parse_args()
     logging.getLogger("autoprune").setLevel(logging.WARNING)
     _quiet_libraries()
@@ -137,10 +139,11 @@ def main() -> None:
                 cfg, fronts[t] = one_search(workdir, t, t, seed, args.trials, args.override)
             _, fronts[FLOPS] = one_search(workdir, FLOPS, args.flops_target, seed, args.trials, args.override)
             base = side_by_side(cfg, [m for ms in fronts.values() for m in ms], targets, args.rounds, seed)
-            report(seed, targets, fronts, base, args.flops_target)
+            report(seed, targets, fronts, base, args.flops_target, args.drops)
 
 
-def report(seed: int, targets: list[str], fronts: dict[str, list[Model]], base: Model, flops_target: str) -> None:
+def report(seed: int, targets: list[str], fronts: dict[str, list[Model]], base: Model, flops_target: str,
+           drops: list[float]) -> None:
     print(f"\nseed {seed}: baseline on each target: " + ", ".join(
         f"{t} {base.latency[t]:.3f} ms, test {100 * base.test[t]:.2f}%" for t in targets))
     print("\nfront models, measured side by side (latency ms / test accuracy % on each target):")
@@ -149,16 +152,18 @@ def report(seed: int, targets: list[str], fronts: dict[str, list[Model]], base: 
         for m in sorted(models, key=lambda m: m.trial):
             print(f"  {name:16} {m.trial:5d} " + " ".join(
                 f"{m.latency[t]:>12.3f} /{100 * m.test[t]:>7.2f}" for t in targets))
-    print("\ncross-target matrix: latency on B of search A's fastest front model within 1 pt test on B, "
-          "divided by search B's (>1: searching on B pays)")
-    print(f"  {'search A, deploy B:':22} " + " ".join(f"{t:>16}" for t in targets))
-    for a in [*targets, FLOPS]:
-        cells = []
-        for b in targets:
-            mine, theirs = fastest_within(fronts[a], base, b), fastest_within(fronts[b], base, b)
-            cells.append("-" if mine is None or theirs is None else
-                         f"{mine.latency[b] / theirs.latency[b]:.2f} (#{mine.trial}/#{theirs.trial})")
-        print(f"  {a:22} " + " ".join(f"{c:>16}" for c in cells))
+    for drop in drops:
+        print(f"\ncross-target matrix: latency on B of search A's fastest front model within {drop:g} pt test on B, "
+              "divided by search B's (>1: searching on B pays)")
+        print(f"  {'search A, deploy B:':22} " + " ".join(f"{t:>16}" for t in targets))
+        for a in [*targets, FLOPS]:
+            cells = []
+            for b in targets:
+                mine = fastest_within(fronts[a], base, b, drop / 100)
+                theirs = fastest_within(fronts[b], base, b, drop / 100)
+                cells.append("-" if mine is None or theirs is None else
+                             f"{mine.latency[b] / theirs.latency[b]:.2f} (#{mine.trial}/#{theirs.trial})")
+            print(f"  {a:22} " + " ".join(f"{c:>16}" for c in cells))
     measured, proxy = hv(fronts[flops_target], base, flops_target), hv(fronts[FLOPS], base, flops_target)
     ratio = f"{measured / proxy:.3f}" if proxy else "inf"
     print(f"\n{flops_target}: HV (test acc, latency ratio) of the measured-latency search's front {measured:.3f}, "

@@ -9,7 +9,8 @@ objectives val accuracy and measured latency), uniform (same ratio everywhere, t
 flops (TPE with objectives val accuracy and MACs: a FLOPs-proxy search), tpe-1pt / tpe-2pt (TPE
 with search.constraints.max_accuracy_drop=0.01 / 0.02: the search told how much accuracy it may
 lose), nni-tpe (NNI's TPE tuner on the scalarised objective), tpe-mf (TPE with multi-fidelity candidates:
-rung 0 first, full recovery for promoted ones; README "Multi-fidelity search"). All fully recovered
+rung 0 first, full recovery for promoted ones; README "Multi-fidelity search"), allocate (the
+latency-budgeted allocation searcher, search.sampler=allocate). All fully recovered
 trials are evaluated on the test split.
 
 Equal wall-clock time instead of equal trials: a large --trials and `--override search.timeout_s=<s>`
@@ -81,6 +82,7 @@ METHODS = {
     "tpe-2pt": ["search.sampler=tpe", "search.constraints.max_accuracy_drop=0.02"],
     "nni-tpe": ["search.backend=nni", "search.nni.tuner=tpe"],
     "tpe-mf": ["search.sampler=tpe", "search.fidelity.rungs=[rung0,full]"],   # multi-fidelity (rung 0 first)
+    "allocate": ["search.sampler=allocate"],   # HALP-style: importance-maximising widths under latency budgets
 }
 
 

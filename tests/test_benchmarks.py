@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_search_quality_script_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), "--trials", "2", "--seeds", "0",
-         "--methods", "uniform", "flops", "--workdir", str(tmp_path), "--override", *FAST],
+         "--methods", "uniform", "flops", "allocate", "--workdir", str(tmp_path), "--override", *FAST],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert all(any(line.startswith(f"{row} ") for line in lines) for row in ("uniform", "flops", "union", "ceiling"))
+    assert all(any(line.startswith(f"{row} ") for line in lines)
+               for row in ("uniform", "flops", "allocate", "union", "ceiling"))
 
 
 @pytest.mark.slow
@@ -76,6 +77,6 @@ def test_cross_target_script_runs(tmp_path):
         capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "cross-target matrix" in out and "FLOPs-proxy" in out
+    assert "within 1 pt test" in out and "within 2 pt test" in out and "FLOPs-proxy" in out
     assert all(any(line.strip().startswith(name) for line in out.splitlines())
                for name in ("cpu-ort-1t", "cpu-ort-int8-1t", "cpu-ort-b32", "flops"))
