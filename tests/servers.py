@@ -27,9 +27,9 @@ def serving(command: Callable[[int], list[str]], ready_path: str, log_path: Path
     """`command(port)` running until the block ends; yields its base URL once `ready_path` answers. Waits
     for an event (an answer, or the process ending: the test fails with its log), never for a fixed time."""
     port = free_port()
+    argv = command(port)
     with open(log_path, "w") as log:
-        server = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                  **popen)
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen)
         base = f"http://127.0.0.1:{port}"
         try:
             while True:
@@ -38,7 +38,7 @@ def serving(command: Callable[[int], list[str]], ready_path: str, log_path: Path
                     break
                 except OSError:   # refused, reset, or no answer in time (URLError and TimeoutError are OSErrors)
                     if server.poll() is not None:
-                        pytest.fail(f"{' '.join(command(port)[:3])} ended: {Path(log_path).read_text()[-3000:]}")
+                        pytest.fail(f"{' '.join(argv[:3])} ended: {Path(log_path).read_text()[-3000:]}")
                     time.sleep(0.5)
             yield base
         finally:

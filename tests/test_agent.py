@@ -26,6 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from servers import free_port
+
 from autoprune.errors import AutopruneError, MeasurementError
 from autoprune.hw import export_onnx, get_backend
 from autoprune.hw.agent import AgentConfig, create_app, main, parse_args, public_reason
@@ -115,9 +117,7 @@ def test_client_errors_name_the_fix(agent, model_bytes, tmp_path, monkeypatch):
     token_file.write_text(TOKEN + "\n")
     from_file = dataclasses.replace(remote, agent_token=f"file:{token_file}")
     assert get_backend(from_file).measure(path, from_file).n >= PROFILE.min_repeats
-    with socket.socket() as s:  # a port with nobody listening
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"   # a port with nobody listening
     nowhere = dataclasses.replace(from_file, agent_url=closed)
     with pytest.raises(MeasurementError, match="cannot reach the agent"):
         get_backend(nowhere).measure(path, nowhere)
@@ -450,9 +450,7 @@ def test_real_agent_process_refuses_a_bad_port_in_one_line():
 @pytest.mark.slow  # a fresh interpreter imports torch, ONNX Runtime, MLflow, ...
 def test_real_agent_process_serves_https_with_the_given_certificate(tmp_path, model_bytes):
     cert, key = _self_signed(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     agent = subprocess.Popen([sys.executable, "-m", "autoprune", "agent", "--port", str(port), "--ssl-certfile",
                               str(cert), "--ssl-keyfile", str(key), "--timeout-s", "60"],
                              env={**os.environ, "AUTOPRUNE_AGENT_TOKEN": TOKEN}, stderr=subprocess.PIPE, text=True)
