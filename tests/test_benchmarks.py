@@ -80,3 +80,14 @@ def test_cross_target_script_runs(tmp_path):
     assert "within 1 pt test" in out and "within 2 pt test" in out and "FLOPs-proxy" in out
     assert all(any(line.strip().startswith(name) for line in out.splitlines())
                for name in ("cpu-ort-1t", "cpu-ort-int8-1t", "cpu-ort-b32", "flops"))
+
+
+@pytest.mark.slow   # whole benchmark scripts
+def test_default_search_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "default_search.py"), "--seeds", "0", "--workdir", str(tmp_path),
+         "--", *FAST, "search.n_trials=2"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| seed | wall |" in result.stdout and "seeds with a model >= 3x within 1 pt test:" in result.stdout
+    assert (tmp_path / "default-s0" / "out" / "report" / "pareto.json").exists()
