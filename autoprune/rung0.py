@@ -6,7 +6,7 @@ The rung-0 recovery depends on the model:
 
 - **with BatchNorm** (CNNs): adaptive BN (EagleEye; autoprune.recover.adaptive_bn): the BatchNorm
   statistics are re-estimated on `bn_batches` training batches, with no gradient step. A forward pass
-  over ~500 samples: on the default task about 1/20 of a 3-epoch fine-tune.
+  over ~500 samples: on the default task about 1/20 of a 3-epoch fine-tune, 1/40 of the 6-epoch default.
 - **without BatchNorm** (transformers: LayerNorm normalises each token by its own statistics, so there
   is no running statistic to re-estimate and adaptive BN is a no-op): a short fine-tune of `steps`
   optimizer steps (default: 10 % of the full recovery's steps, at least 5) with the recovery's settings,
