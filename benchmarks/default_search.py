@@ -51,7 +51,8 @@ def one_run(workdir: Path, seed: int, overrides: list[str]) -> dict:
     rec = next((c for c in front if report["recommended"] and c["trial"] == report["recommended"]["trial"]), None)
     return {"seed": seed, "wall": wall, "peak_mb": usage.ru_maxrss / 1024,
             "base": base, "front": front, "best": best, "recommended": rec, "speedup": speedup,
-            "n_complete": report["n_complete"], "n_candidates": report["n_candidates"]}
+            "n_complete": report["n_complete"],   # pareto.json's n_candidates counts only those not promoted
+            "n_candidates": report["n_complete"] + (report["n_candidates"] or 0)}
 
 
 def describe(c: dict | None, r: dict) -> str:
@@ -76,7 +77,7 @@ def main() -> None:
             r = one_run(root / f"{args.label}-s{seed}", seed, args.overrides)
             runs.append(r)
             print(f"done: seed {seed}: {r['wall']:.0f} s, peak RSS {r['peak_mb']:.0f} MB, "
-                  f"{r['n_complete']} full trials / {r['n_complete'] + (r['n_candidates'] or 0)} candidates, "
+                  f"{r['n_complete']} full trials / {r['n_candidates']} candidates, "
                   f"front {len(r['front'])}; best within 1 pt test: {describe(r['best'], r)}; "
                   f"recommended: {describe(r['recommended'], r)}", flush=True)
     base = runs[0]["base"]
@@ -86,7 +87,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['seed']} | {int(r['wall'] // 60)} min {r['wall'] % 60:02.0f} s | {r['peak_mb']:.0f} | "
-              f"{r['n_complete']} / {r['n_complete'] + (r['n_candidates'] or 0)} | {describe(r['best'], r)} | "
+              f"{r['n_complete']} / {r['n_candidates']} | {describe(r['best'], r)} | "
               f"{describe(r['recommended'], r)} |")
     hits = sum(1 for r in runs if r["best"] is not None and r["speedup"](r["best"]) >= 3.0)
     slow = max(r["wall"] for r in runs)
