@@ -12,9 +12,9 @@ import torch.nn as nn
 from autoprune.errors import ConfigError, MeasurementError
 from autoprune.hw import get_backend
 from autoprune.calibrate import calibrate, group_options, layer_specs
-from autoprune.hw.predictor import LatencyTable, LayerSpec, error_report, random_plans, width_pairs
+from autoprune.hw.predictor import LatencyTable, LayerSpec, MacsModel, error_report, random_plans, width_pairs
 from autoprune.hw.profile import HardwareProfile
-from autoprune.plan import PrunePlan
+from autoprune.plan import GroupPlan, PrunePlan
 from autoprune.prune import ChannelPruner, output_layers
 from autoprune.tasks.models import resnet_small
 
@@ -155,6 +155,23 @@ def test_predictor_works_from_widths_alone(calibration):
     assert refit.predict_widths({}) == pytest.approx(2.0) and refit.predict_widths(narrow) == pytest.approx(1.0)
     refit.fit([narrow], [0.5])            # one model: the offset moves, the scale is 1
     assert refit.scale == 1.0 and refit.predict_widths(narrow) == pytest.approx(0.5)
+
+
+def test_masks_leave_widths_so_only_channel_pruning_is_predicted_faster(calibration):
+    """Unstructured, N:M and block masks zero weights in dense tensors: the model keeps its widths and its
+    latency, in the table and in the MACs model alike."""
+    table = calibration.table
+    model, pruner = small_setup()
+    macs = MacsModel(dict(table.groups), layer_specs(model, pruner), PROFILE.round_to)
+    for latency in (table, macs):
+        full = latency.predict_widths({})
+        for pattern in ("unstructured", "nm", "block"):
+            masked = PrunePlan.uniform(latency.groups, 0.75, pattern=pattern)
+            assert latency.group_widths(masked) == latency.groups and latency.predict_plan(masked) == pytest.approx(full)
+        mixed = PrunePlan({**PrunePlan.uniform(latency.groups, 0.75, pattern="unstructured").groups,
+                           "layers.1.0.conv1": GroupPlan(0.75)})
+        assert latency.group_widths(mixed) == {**latency.groups, "layers.1.0.conv1": 8}
+        assert latency.predict_plan(mixed) < full
 
 
 def test_hw_does_not_import_the_pruner():

@@ -174,8 +174,8 @@ class LatencyTable:
         return sum(self.layer_ms(s, *s.widths(dict(group_widths))) for s in self.layers)
 
     def group_widths(self, plan: PrunePlan) -> dict[str, int]:
-        """Each group's width under `plan` (channel counts rounded to the table's round_to)."""
-        return {g: kept_channels(ch, plan.ratio(g), self.round_to) for g, ch in self.groups.items()}
+        """Each group's width under `plan` (channel counts rounded to the table's round_to; masks keep widths)."""
+        return plan.widths(self.groups, self.round_to)
 
     def predict_widths(self, group_widths: Mapping[str, int]) -> float:
         """Predicted median latency (ms) of the baseline with these group widths (missing groups: unpruned)."""
@@ -317,7 +317,7 @@ class MacsModel:
         return self
 
     def group_widths(self, plan: PrunePlan) -> dict[str, int]:
-        return {g: kept_channels(ch, plan.ratio(g), self.round_to) for g, ch in self.groups.items()}
+        return plan.widths(self.groups, self.round_to)
 
     def predict_widths(self, group_widths: Mapping[str, int]) -> float:
         unknown = sorted(set(group_widths) - set(self.groups))

@@ -38,7 +38,7 @@ import optuna
 from autoprune.candidate import CandidateEvaluator, TrialResult
 from autoprune.hw.predictor import LatencyTable, MacsModel, PredictorReport, error_report
 from autoprune.hw.stats import LatencyStats
-from autoprune.plan import PrunePlan, kept_channels
+from autoprune.plan import PrunePlan
 from autoprune.search.allocate import LatencyModel
 from autoprune.search.loop import COMPLETE, PRUNED, BaseObserver, Monitor, TrialOutcome
 from autoprune.search.objectives import DIRECTIONS, Objectives
@@ -57,6 +57,8 @@ class FittedLatencyModel(LatencyModel, Protocol):
     """A latency model whose correction can be refitted to measurements (LatencyTable, MacsModel)."""
 
     def fit(self, widths: Sequence[Mapping[str, int]], measured_ms: Sequence[float]) -> object: ...
+
+    def group_widths(self, plan: PrunePlan) -> dict[str, int]: ...
 
 
 class Screened(optuna.TrialPruned):
@@ -82,10 +84,8 @@ class LatencyScreen(BaseObserver):
 
     # ---------------------------------------------------------------------------------- the model
     def widths(self, plan: PrunePlan) -> dict[str, int]:
-        """Each channel-pruned group's width under `plan` (mask patterns leave the widths alone)."""
-        rt = self.predictor.round_to
-        return {g: kept_channels(ch, plan.ratio(g), rt) for g, ch in self.predictor.groups.items()
-                if g in plan.groups and plan.groups[g].pattern == "channel"}
+        """Each group's width under `plan` (mask patterns leave the widths alone)."""
+        return self.predictor.group_widths(plan)
 
     def measurements(self) -> tuple[list[dict[str, int]], list[float]]:
         """The baseline's and every measured trial's (widths, measured ms) in the study."""
