@@ -42,6 +42,15 @@ def compose_config(tmp_path: Path, *overrides: str):
         ])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def measurement_lock_of_this_run(tmp_path_factory):
+    """The machine-wide measurement lock (autoprune.hw.lock) in this run's temp root, shared by its xdist workers
+    and the processes they start: a benchmark measuring on the same machine never holds a test up."""
+    root = tmp_path_factory.getbasetemp()
+    os.environ["AUTOPRUNE_LOCK_DIR"] = str(root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root)
+    yield
+
+
 @pytest.fixture(scope="session")
 def forked_cli():
     """`python -m autoprune ...` as a fresh process per call, forked from one server that imported the

@@ -141,10 +141,11 @@ def test_stop_rule_respects_the_time_cap():
         time.sleep(0.002)
         return rng.uniform(0.5, 1.5)
 
-    t0 = time.perf_counter()
     samples = repeat_until_stable(CountingRun(slow), fast_profile(target_rel_ci=1e-6, max_seconds=0.1,
                                                                   max_repeats=100000))
-    assert 10 <= len(samples) < 1000 and time.perf_counter() - t0 < 5
+    # the CI target is out of reach, so only the cap stops it: 1000 runs of >= 2 ms would take 2 s, 20x the cap
+    # (no wall-clock bound here: waiting for the machine-wide lock does not count, by design)
+    assert 10 <= len(samples) < 1000
 
 
 def test_measurements_wait_for_the_machine_lock(models):
