@@ -143,7 +143,7 @@ def test_stop_rule_respects_the_time_cap():
 
     samples = repeat_until_stable(CountingRun(slow), fast_profile(target_rel_ci=1e-6, max_seconds=0.1,
                                                                   max_repeats=100000))
-    # the CI target is out of reach, so only the cap stops it: 1000 runs of >= 2 ms would take 2 s, 20x the cap
+    # the confidence-interval target is out of reach, so only the cap stops it: 1000 runs of >= 2 ms would take 2 s, 20x the cap
     # (no wall-clock bound here: waiting for the machine-wide lock does not count, by design)
     assert 10 <= len(samples) < 1000
 
