@@ -123,8 +123,8 @@ class PrunePlan:
     def widths(self, channels: Mapping[str, int], round_to: int = 1) -> dict[str, int]:
         """Each group's width under this plan, from `channels` (the unpruned widths): channel pruning narrows
         a group (`kept_channels`, rounded to `round_to`); masks (unstructured, N:M, block) leave it whole."""
-        return {g: ch if self.groups.get(g) is not None and self.groups[g].is_mask
-                else kept_channels(ch, self.ratio(g), round_to) for g, ch in channels.items()}
+        return {g: ch if g in self.groups and self.groups[g].is_mask else kept_channels(ch, self.ratio(g), round_to)
+                for g, ch in channels.items()}
 
     @property
     def patterns(self) -> set[str]:
