@@ -15,7 +15,7 @@ from autoprune.hw import LatencyStats
 from autoprune.search.loop import COMPLETE, FAILED, INTERRUPTED, PRUNED, BaseObserver, Budget, SearchLoop
 from autoprune.search.objectives import Objectives
 from autoprune.search.observers import ProgressObserver
-from autoprune.search.searchers import OptunaSearcher, make_sampler
+from autoprune.search.searchers import OptunaSearcher, UniformGridSearcher, make_sampler
 from autoprune.search.space import build_space
 from autoprune.search.workers import StaleTrialHandler
 
@@ -56,15 +56,16 @@ class Recorder(BaseObserver):
         self.events.append("end")
 
 
-def make_loop(tmp_path, script, n_trials, observers, clock=None):
+def make_loop(tmp_path, script, n_trials, observers, clock=None, space=None, searcher=OptunaSearcher):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     objectives = Objectives()
     study = optuna.create_study(storage=url, directions=objectives.directions, sampler=make_sampler("random", 0))
-    space = build_space({}, ["a", "b"])
+    space = space or build_space({}, ["a", "b"])
     stale = StaleTrialHandler(max_retry=1)
     extra = {"clock": clock} if clock else {}
-    loop = SearchLoop(study, OptunaSearcher(study), space, Scripted(script), objectives, BASELINE,
-                      Budget(n_trials, url), tmp_path, observers, stale=stale, **extra)
+    loop = SearchLoop(study, searcher(study) if searcher is OptunaSearcher else searcher(study, space), space,
+                      Scripted(script), objectives, BASELINE, Budget(n_trials, url), tmp_path, observers,
+                      stale=stale, **extra)
     return loop, study
 
 
@@ -86,6 +87,18 @@ def test_the_loop_asks_evaluates_tells_and_every_observer_sees_each_trial_end_on
     assert (tmp_path / "trials" / "0000" / "plan.json").is_file()
     loop.run()   # the budget is spent: nothing more runs
     assert len(study.trials) == 4 and recorder.events[-2:] == ["start", "end"]
+
+
+def test_a_searcher_with_nothing_left_to_propose_ends_the_search_within_the_budget(tmp_path, caplog):
+    recorder = Recorder()
+    space = build_space({"ratio": {"low": 0.0, "high": 0.5, "step": 0.25}}, ["a", "b"])  # 3 uniform plans
+    loop, study = make_loop(tmp_path, [0.9, 0.8, 0.7], n_trials=10, observers=[recorder], space=space,
+                            searcher=UniformGridSearcher)
+    with caplog.at_level(logging.INFO, logger="autoprune"):
+        loop.run()
+    assert [t.state for t in study.trials] == [State.COMPLETE] * 3 and recorder.events[-1] == "end"
+    assert "the uniform sweep is done: every one of its 3 ratios has a trial" in caplog.text
+    assert "budget" not in caplog.text
 
 
 def test_an_interrupted_trial_is_closed_retried_and_ends_the_search(tmp_path):

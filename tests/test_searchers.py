@@ -62,6 +62,19 @@ def test_uniform_grid_spreads_coarse_to_fine_and_never_repeats():
     assert all(len({p.ratio(g) for g in GROUPS}) == 1 for p in plans)
 
 
+def test_the_uniform_sweep_ends_once_every_grid_ratio_has_a_trial_and_asks_a_waiting_retry_first():
+    space = build_space({"ratio": {"low": 0.0, "high": 0.8, "step": 0.2}}, GROUPS)
+    study = optuna.create_study(directions=Objectives().directions, sampler=make_sampler("uniform", 0))
+    searcher = UniformGridSearcher(study, space)
+    plans = run_searcher(searcher, space, Objectives(), 5)
+    assert sorted(p.ratio("a") for p in plans) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert searcher.ask() is None and len(study.trials) == 5   # done: nothing enqueued, nothing repeated
+    study.enqueue_trial(space.encode(space.uniform(0.4)))       # a retry of a lost trial
+    retry = searcher.ask()
+    assert retry is not None and space.suggest(retry) == space.uniform(0.4)
+    assert len(study.trials) == 6
+
+
 def test_constraints_make_the_front_feasible():
     space = build_space({}, GROUPS)
     objectives = Objectives.from_config(["val_accuracy", "latency_ms"], {"max_latency_ms": 0.7, "min_accuracy": None})

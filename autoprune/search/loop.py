@@ -14,6 +14,7 @@ Everything else a search does (MLflow runs, the progress line, heartbeats, the r
 - stale trials: a trial whose worker stopped beating is failed by Optuna (`fail_stale_trials`), then
   each observer sees it end `lost` (`StaleTrialHandler` has already enqueued its retry);
 - the search's time limit (`search.timeout_s`): no trial starts after it, the one running finishes;
+- a searcher with nothing left to propose (`ask()` gives None: the uniform sweep, done) ends the search;
 - multi-fidelity candidates (`search.fidelity`, autoprune.search.fidelity): each plan is scored at rung 0
   first; observers see `on_rung_end`, and a candidate that is not promoted ends `candidate` (told PRUNED);
 - the front's hypervolume after each trial, computed once and passed to every observer in the outcome.
@@ -168,7 +169,7 @@ class SearchLoop:
                     break
                 trial = self._next_trial()
                 if trial is None:
-                    if i == 0:
+                    if i == 0 and self.budget.used(self.study) >= self.budget.n_trials:
                         log.info("the budget of %d trials is spent: nothing to run (raise search.n_trials to run more)",
                                  self.budget.n_trials)
                     break

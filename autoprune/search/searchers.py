@@ -49,7 +49,8 @@ class SearcherSettings:
 
 
 class Searcher(Protocol):
-    def ask(self) -> optuna.Trial: ...
+    def ask(self) -> Optional[optuna.Trial]:
+        """The next trial, or None when the searcher has nothing left to propose (a finished sweep)."""
 
     def tell(self, trial: optuna.Trial, values: list[float] | None, metrics: dict | None,
              state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE) -> None:
@@ -111,7 +112,8 @@ def _coarse_to_fine(n: int) -> list[int]:
 
 
 class UniformGridSearcher(OptunaSearcher):
-    """Uniform ratio for every group; the next unused grid ratio at each ask."""
+    """Uniform ratio for every group; the next unused grid ratio at each ask. A trial already waiting (a
+    retry, a warm start) is asked first; once every grid ratio has a trial the sweep is done (None)."""
 
     samplers = ("uniform",)
 
@@ -125,11 +127,15 @@ class UniformGridSearcher(OptunaSearcher):
     def build(cls, study: optuna.Study, space: SearchSpace, settings: SearcherSettings) -> "Searcher":
         return cls(study, space)
 
-    def ask(self) -> optuna.Trial:
+    def ask(self) -> Optional[optuna.Trial]:
+        if self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.WAITING]):
+            return self.study.ask()
         used = {t.params.get(self.space.dimensions[0].param) for t in self.study.get_trials(deepcopy=False)}
         fresh = [self.grid[i] for i in _coarse_to_fine(len(self.grid)) if self.grid[i] not in used]
-        ratio = fresh[0] if fresh else self.grid[-1]
-        self.study.enqueue_trial(self.space.encode(self.space.uniform(ratio)), skip_if_exists=False)
+        if not fresh:
+            log.info("the uniform sweep is done: every one of its %d ratios has a trial", len(self.grid))
+            return None
+        self.study.enqueue_trial(self.space.encode(self.space.uniform(fresh[0])), skip_if_exists=False)
         return self.study.ask()
 
 

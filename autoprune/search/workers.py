@@ -119,13 +119,15 @@ def budget_used(study: optuna.Study, group: Optional[str]) -> int:
 
 
 def claim(study: optuna.Study, url: str, group: Optional[str], budget: int,
-          ask: Callable[[], optuna.Trial]) -> Optional[optuna.Trial]:
+          ask: Callable[[], Optional[optuna.Trial]]) -> Optional[optuna.Trial]:
     """`ask()` for the next trial of `group` (None: the whole study) if its budget allows, recording
-    this process as the trial's owner; None when the budget is spent."""
+    this process as the trial's owner; None when the budget is spent or `ask` has nothing to propose."""
     with shared_lock(url, study.study_name, group):
         if budget_used(study, group) >= budget:
             return None
         trial = ask()
+        if trial is None:
+            return None
         trial.set_user_attr(OWNER_ATTR, process_owner())
         if group:
             trial.set_user_attr(GROUP_ATTR, group)
