@@ -350,6 +350,54 @@ class SwinNet(nn.Module):
         return self.head(self.norm(self.stage2(self.merge(self.blocks(x)))).mean((1, 2)))
 
 
+class MaxVitAttention(nn.Module):
+    """torchvision's MaxViT attention: `to_qkv` / `merge` / `n_heads` and an int `head_dim`, but the heads'
+    output is reshaped back to the input width D, so no head can go alone (its inner width is tied)."""
+
+    def __init__(self, dim: int, head_dim: int, window: int):
+        super().__init__()
+        self.n_heads, self.head_dim = dim // head_dim, head_dim
+        self.scale_factor = dim ** -0.5
+        self.to_qkv, self.merge = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, self.n_heads) * 0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+        self.register_buffer("relative_position_index", rel[..., 0] * (2 * window - 1) + rel[..., 1], persistent=False)
+
+    def forward(self, x):  # (B, G, P, D): G windows of P positions
+        b, g, p, d = x.shape
+        h, dh = self.n_heads, self.head_dim
+        q, k, v = (t.reshape(b, g, p, h, dh).permute(0, 1, 3, 2, 4) for t in torch.chunk(self.to_qkv(x), 3, dim=-1))
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(p, p, -1)
+        dot = torch.einsum("bghid,bghjd->bghij", q, k * self.scale_factor) + bias.permute(2, 0, 1).unsqueeze(0)
+        out = torch.einsum("bghij,bghjd->bghid", dot.softmax(-1), v)
+        return self.merge(out.permute(0, 1, 3, 2, 4).reshape(b, g, p, d))
+
+
+class MaxVitNet(nn.Module):
+    """MaxViT's layout: an MBConv-like residual conv block (channels first), then attention inside windows
+    (partitioned to (B, G, P, C), channels last) with a residual, departitioned, pooled, a Linear head."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 1, dim: int = 16, head_dim: int = 4, window: int = 2):
+        super().__init__()
+        self.window = window
+        self.stem = _cbr(in_channels, dim)
+        self.mbconv = nn.Sequential(_cbr(dim, 2 * dim, 1), _cbr(2 * dim, 2 * dim, 3, groups=2 * dim),
+                                    nn.Conv2d(2 * dim, dim, 1))
+        self.norm, self.attn = nn.LayerNorm(dim), MaxVitAttention(dim, head_dim, window)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.mbconv(x)
+        b, c, hh, ww = x.shape
+        ws = self.window
+        y = x.reshape(b, c, hh // ws, ws, ww // ws, ws).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, ws * ws, c)
+        y = y + self.attn(self.norm(y))
+        y = y.reshape(b, hh // ws, ww // ws, ws, ws, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
+        return self.head(y.mean((2, 3)))
+
+
 # factories by pattern name, as `task.model._target_` names them
 def shufflenet(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
     return ShuffleNet(num_classes, in_channels)
@@ -391,8 +439,13 @@ def swin(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
     return SwinNet(num_classes, in_channels)
 
 
+def maxvit(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
+    return MaxVitNet(num_classes, in_channels)
+
+
 PATTERNS = {"shuffle": shufflenet, "grouped": regnet, "conv_classifier": squeezenet, "dense_groupnorm": densenet_gn,
-            "ghost": ghostnet, "mixconv": mixnet, "mha": mha_net, "tv_vit": tv_vit, "timm_vit": timm_vit, "swin": swin}
+            "ghost": ghostnet, "mixconv": mixnet, "mha": mha_net, "tv_vit": tv_vit, "timm_vit": timm_vit, "swin": swin,
+            "maxvit": maxvit}
 
 
 class Everything(nn.Module):

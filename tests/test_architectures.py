@@ -147,6 +147,35 @@ def test_swin_residual_stream_prunes_in_whole_head_steps_and_its_heads_stay(tmp_
     export_onnx(pruned, X, tmp_path / "swin.onnx")
 
 
+def test_maxvit_attention_is_found_by_its_layout_and_probed_tied_so_its_head_dims_follow_the_width(tmp_path):
+    """MaxViT names its parts to_qkv / merge / n_heads and has an int head_dim, but reshapes the heads'
+    output back to its input width: the probe finds that removing a head breaks it, so its heads stay and
+    the residual stream goes in multiples of n_heads, each head losing dims (head_dim follows)."""
+    model = _model("maxvit")
+    pruner = make_pruner(model, X, ["head"], round_to=1)
+    groups = {g.name: g for g in pruner.groups(model)}
+    assert "head size" in pruner.excluded["attn"] and "attn" not in groups
+    assert groups["stem.0"].step == 4   # 16 channels, 4 heads of 4
+    pruned = copy.deepcopy(model)
+    pruner.apply(pruned, PrunePlan({"stem.0": GroupPlan(0.25)}, "l2"))
+    attn = pruned.attn
+    assert pruned.stem[0].out_channels == 12 == attn.to_qkv.in_features == attn.merge.out_features
+    assert attn.n_heads == 4 and attn.head_dim == 3 and attn.to_qkv.out_features == 3 * 12
+    export_onnx(pruned, X, tmp_path / "maxvit.onnx")
+
+
+def test_a_fused_attention_that_can_lose_heads_is_not_probed_tied():
+    """timm's attention reshapes to (b, n, -1): a copy without a head still runs, so its heads are a group."""
+    from autoprune.prune.attention import fused_attentions, is_tied
+
+    model = _model("timm_vit")
+    att = fused_attentions(model)[0]
+    x = torch.randn(2, 5, 16)
+    assert not is_tied(att, (x, (), {}))
+    maxvit = fused_attentions(_model("maxvit"))[0]
+    assert maxvit.layout.qkv == "to_qkv" and is_tied(maxvit, (torch.randn(2, 16, 4, 16), (), {}))
+
+
 def test_attention_internals_are_one_node_for_the_trace():
     """The trace does not walk into a fused attention's reshapes and window shuffles: torch-pruning's
     graph holds the attention as one node, and none of its inner ops."""

@@ -11,8 +11,9 @@ the hardware profile's multiple and to what the group's layers need:
   channels goes from every conv group, so the kept count is a multiple of the group count;
 - a GroupNorm keeps its group count (the kept count stays divisible by it), nn.MultiheadAttention its
   number of heads (head_dim shrinks);
-- attention with a fused qkv Linear (timm's layout, autoprune.prune.attention) is one layer for the graph
-  (the residual stream), and its heads are a group of their own, kind "heads".
+- attention with a fused qkv Linear (timm's layout, MaxViT's; autoprune.prune.attention) is one layer for
+  the graph (the residual stream), and its heads are a group of their own, kind "heads", unless its inner
+  width is tied to its input width (Swin, MaxViT): then the residual stream goes in multiples of its heads.
 
 A group that cannot be pruned consistently (a grouped conv that sees its channels through a concat or a
 reshape, so whole conv groups cannot be kept) is left out, with its reason in `ChannelPruner.excluded`.
@@ -27,7 +28,7 @@ import copy
 import logging
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -38,7 +39,8 @@ from autoprune import interrupts
 from autoprune.errors import PruningError, first_line
 from autoprune.plan import GroupPlan, PrunePlan, kept_channels
 from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fused_attentions, head_scores,
-                                       is_fused_attention, opaque_during_trace, remove_heads, tied_head_size)
+                                       is_fused_attention, is_tied, of_module, opaque_during_trace,
+                                       remove_heads)
 from autoprune.prune.importance import make_importance
 from autoprune.prune.criteria import CHANNEL_ONLY
 from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scores
@@ -217,20 +219,25 @@ class ChannelPruner:
         # a class is one layer for the graph only when every instance of it has the fused layout
         classes = {c for c in classes if all(is_fused_attention(m) for m in model.modules() if type(m) is c)}
         attentions = [a for a in attentions if type(a.module) in classes]
+        tied: set = set()   # attentions whose head dims follow their input width: probed after the trace
+        attention_pruner = FusedAttentionPruner(tied)
         was_training = model.training
         model.eval()  # tracing must not update BatchNorm statistics
         try:
             # held: torch-pruning's tracing retries the forward pass after a bare `except:`, which would
             # swallow a Ctrl-C / SIGTERM (autoprune.interrupts); one arriving meanwhile lands just after
-            with interrupts.held(), torch.enable_grad(), opaque_during_trace([a.module for a in attentions]):
+            with interrupts.held(), torch.enable_grad(), \
+                    opaque_during_trace([a.module for a in attentions]) as calls:
                 graph = tp.DependencyGraph().build_dependency(
                     model, example_inputs=self.example_input, verbose=False,
-                    customized_pruners={c: FusedAttentionPruner() for c in classes})
+                    customized_pruners={c: attention_pruner for c in classes})
+            attentions = [replace(a, tied=is_tied(a, calls.get(a.module))) for a in attentions]
         except Exception as exc:  # torch-pruning raises many types while tracing
             raise PruningError(f"cannot trace the model's channel dependencies ({type(exc).__name__}: "
                                f"{first_line(exc)[:200]}); add the offending layer to prune.ignore") from exc
         finally:
             model.train(was_training)
+        tied.update(a.module for a in attentions if a.tied)
         ignored = [module for name, module in model.named_modules() if name in self.ignored]
         order = {name: i for i, name in enumerate(names.values())}
         groups: list[_Group] = []
@@ -250,7 +257,7 @@ class ChannelPruner:
                 name = f"{name}@{names[root]}"
             kind = layer_kind([modules[n] for n in layers])
             g = _Group(name, root, members, layers, kind)
-            reason = self._structure(graph, group, g, names)
+            reason = self._structure(graph, group, g, names, tied)
             if reason:
                 excluded[name] = reason
             else:
@@ -258,15 +265,16 @@ class ChannelPruner:
         for att in attentions:
             if att.name in self.ignored or any(m in self.ignored for m in att.members) or att.num_heads < 2:
                 continue
-            if tied_head_size(att.module):
-                excluded[att.name] = ("its head size is its input width / num_heads (no head_dim attribute): its "
-                                      "heads stay; the residual stream goes in multiples of num_heads: excluded")
+            if att.tied:
+                excluded[att.name] = ("its head size follows its input width (derived from it, or its output is "
+                                      "reshaped to it): its heads stay; the residual stream goes in multiples of "
+                                      "num_heads: excluded")
                 continue
             groups.append(_Group(att.name, None, att.members, att.members, "heads", attention=att))
         return graph, groups, excluded
 
     @staticmethod
-    def _structure(graph, group, g: _Group, names) -> str:
+    def _structure(graph, group, g: _Group, names, tied: set) -> str:
         """Fill in the group's step and chunks from the layers it touches; the reason it cannot be pruned
         consistently, or ''."""
         channels = graph.get_out_channels(g.root)
@@ -304,8 +312,10 @@ class ChannelPruner:
                         "excluded")
             if isinstance(m, nn.GroupNorm):
                 step = math.lcm(step, m.num_groups)
-            elif isinstance(m, nn.MultiheadAttention) or (is_fused_attention(m) and tied_head_size(m)):
+            elif isinstance(m, nn.MultiheadAttention):
                 step = math.lcm(step, m.num_heads)
+            elif m in tied:
+                step = math.lcm(step, of_module(m).num_heads)
             elif _is_grouped(m):
                 step, chunks = math.lcm(step, m.groups), math.lcm(chunks, m.groups)
                 if width != channels or list(idxs) != list(range(channels)):

@@ -87,7 +87,7 @@ class OptunaSearcher:
     def build(cls, study: optuna.Study, space: SearchSpace, settings: SearcherSettings) -> "Searcher":
         return cls(study)
 
-    def ask(self) -> optuna.Trial:
+    def ask(self) -> Optional[optuna.Trial]:
         return self.study.ask()
 
     def tell(self, trial, values, metrics, state=optuna.trial.TrialState.COMPLETE) -> None:
