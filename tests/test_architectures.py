@@ -176,6 +176,63 @@ def test_a_fused_attention_that_can_lose_heads_is_not_probed_tied():
     assert maxvit.layout.qkv == "to_qkv" and is_tied(maxvit, (torch.randn(2, 16, 4, 16), (), {}))
 
 
+def test_multihead_attention_loses_whole_heads_as_its_fused_twin(tmp_path):
+    """nn.MultiheadAttention in self-attention has a heads group; removing heads replaces it by a
+    FusedMultiheadAttention (head_dim stays), also after its embedding width shrank (head_dim shrinks)."""
+    from autoprune.prune.mha import FusedMultiheadAttention
+
+    model = _model("tv_vit")
+    pruner = make_pruner(model, X, output_layers(model, X), round_to=1)
+    groups = {g.name: g for g in pruner.groups(model)}
+    heads = groups["layers.0.self_attention"]
+    assert heads.kind == "heads" and heads.channels == 4 and heads.max_ratio == 0.75
+    plan = PrunePlan({"layers.0.self_attention": GroupPlan(0.5), "conv_proj": GroupPlan(0.5)}, "l2")
+    pruned = copy.deepcopy(model)
+    pruner.apply(pruned, plan)
+    twin = copy.deepcopy(model)   # a logged candidate is rebuilt so: the plan on the architecture, then its weights
+    pruner.apply(twin, plan)
+    twin.load_state_dict(pruned.state_dict())
+    attn = pruned.layers[0].self_attention
+    assert isinstance(attn, FusedMultiheadAttention) and attn.num_heads == 2 and attn.head_dim == 2
+    assert attn.qkv.out_features == 3 * 2 * 2 and attn.proj.in_features == 4 and attn.proj.out_features == 8
+    assert isinstance(pruned.layers[1].self_attention, nn.MultiheadAttention)   # not in the plan: as it was
+    export_onnx(pruned, X, tmp_path / "vit.onnx")
+    # the fused module is a fused attention for later traces: its heads can go again, one at a time
+    again = {g.name: g for g in make_pruner(pruned, X, output_layers(pruned, X), round_to=1).groups(pruned)}
+    assert again["layers.0.self_attention"].channels == 2 and again["layers.0.self_attention"].kind == "heads"
+
+
+def test_only_self_attention_multihead_attention_has_a_heads_group():
+    model = _model("mha")   # an nn.TransformerEncoderLayer, then a pooling attention: a learned query over tokens
+    groups = {g.name: g for g in make_pruner(model, X, ["fc"], round_to=1).groups(model)}
+    assert groups["encoder.self_attn"].kind == "heads" and "pool" not in groups
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_the_fused_twin_of_multihead_attention_computes_the_same(batch_first):
+    from autoprune.prune.mha import FusedMultiheadAttention
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+    fused = FusedMultiheadAttention.from_mha(mha).eval()
+    x = torch.randn(3, 5, 8)   # 3 sequences of 5 tokens
+    x = x if batch_first else x.transpose(0, 1)
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 4 + [True]])
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    calls = [dict(), dict(need_weights=False), dict(key_padding_mask=pad), dict(attn_mask=causal),
+             dict(attn_mask=torch.randn(3 * 2, 5, 5)), dict(average_attn_weights=False)]
+    with torch.no_grad():
+        for kwargs in calls:
+            want, got = mha(x, x, x, **kwargs), fused(x, x, x, **kwargs)
+            torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+            assert (got[1] is None) == (want[1] is None)
+            if want[1] is not None:
+                torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+        unbatched = x[0] if batch_first else x[:, 0]
+        torch.testing.assert_close(fused(unbatched, unbatched, unbatched)[0], mha(unbatched, unbatched, unbatched)[0],
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_attention_internals_are_one_node_for_the_trace():
     """The trace does not walk into a fused attention's reshapes and window shuffles: torch-pruning's
     graph holds the attention as one node, and none of its inner ops."""
@@ -297,6 +354,6 @@ def test_search_on_a_model_with_every_pattern(make_cfg, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shufflenet", "regnet", "squeezenet", "densenet_gn", "ghostnet", "mixnet", "mha_net",
-                                  "tv_vit", "timm_vit", "swin"])
+                                  "tv_vit", "timm_vit", "swin", "maxvit"])
 def test_search_per_pattern(make_cfg, tmp_path, name):
     _search(make_cfg, tmp_path, name)

@@ -98,6 +98,11 @@ class FusedAttention:
     def members(self) -> tuple[str, ...]:
         return (f"{self.name}.{self.layout.qkv}", f"{self.name}.{self.layout.proj}")
 
+    def scored_weights(self) -> tuple[tuple[str, torch.Tensor], tuple[str, torch.Tensor]]:
+        """(name, weight) of the fused q / k / v rows and of the output columns."""
+        qkv, proj = self.members
+        return ((f"{qkv}.weight", self.qkv.weight), (f"{proj}.weight", self.proj.weight))
+
 
 def of_module(module: nn.Module, name: str = "", tied: bool = False) -> FusedAttention:
     layout = layout_of(module)
@@ -237,12 +242,13 @@ def opaque_during_trace(modules: Sequence[nn.Module]) -> Iterator[dict]:
             del m.forward
 
 
-def head_scores(att: FusedAttention, score) -> torch.Tensor:
-    """One score per head: `score(name, tensor)` summed over the rows / columns the head owns."""
+def head_scores(att: Any, score) -> torch.Tensor:
+    """One score per head of `att` (a FusedAttention, or autoprune.prune.mha.MhaHeads): `score(name,
+    tensor)` summed over the q / k / v rows and the output columns the head owns."""
     h, d = att.num_heads, att.head_dim
-    qkv, proj = att.members
-    w = score(f"{qkv}.weight", att.qkv.weight).reshape(3, h, d, -1).sum((0, 2, 3))
-    p = score(f"{proj}.weight", att.proj.weight).reshape(-1, h, d).sum((0, 2))
+    (qkv_name, qkv), (proj_name, proj) = att.scored_weights()
+    w = score(qkv_name, qkv).reshape(3, h, d, -1).sum((0, 2, 3))
+    p = score(proj_name, proj).reshape(-1, h, d).sum((0, 2))
     return (w + p).float()
 
 

@@ -10,7 +10,8 @@ the hardware profile's multiple and to what the group's layers need:
 - a grouped conv (RegNet / ResNeXt: a fixed group width) keeps its number of groups: the same number of
   channels goes from every conv group, so the kept count is a multiple of the group count;
 - a GroupNorm keeps its group count (the kept count stays divisible by it), nn.MultiheadAttention its
-  number of heads (head_dim shrinks);
+  number of heads when its embedding width shrinks (head_dim shrinks); a self-attention one also has a
+  heads group (autoprune.prune.mha: losing heads, it becomes its fused twin);
 - attention with a fused qkv Linear (timm's layout, MaxViT's; autoprune.prune.attention) is one layer for
   the graph (the residual stream), and its heads are a group of their own, kind "heads", unless its inner
   width is tied to its input width (Swin, MaxViT): then the residual stream goes in multiples of its heads.
@@ -41,6 +42,7 @@ from autoprune.plan import GroupPlan, PrunePlan, kept_channels
 from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fused_attentions, head_scores,
                                        is_fused_attention, is_tied, of_module, opaque_during_trace,
                                        remove_heads)
+from autoprune.prune.mha import MhaHeads, self_attention_heads
 from autoprune.prune.importance import make_importance
 from autoprune.prune.criteria import CHANNEL_ONLY
 from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scores
@@ -178,7 +180,7 @@ class _Group:
     step: int = 1        # the removed count is a multiple of it
     chunks: int = 1      # the same number of channels goes from each of `chunks` equal slices (grouped convs)
     protected: frozenset = frozenset()   # channels read by a fixed slice (x[:, :k]): they stay
-    attention: Optional[FusedAttention] = None
+    attention: Optional[FusedAttention | MhaHeads] = None
 
 
 class ChannelPruner:
@@ -221,22 +223,31 @@ class ChannelPruner:
         attentions = [a for a in attentions if type(a.module) in classes]
         tied: set = set()   # attentions whose head dims follow their input width: probed after the trace
         attention_pruner = FusedAttentionPruner(tied)
+        calls: dict[nn.Module, bool] = {}   # nn.MultiheadAttention -> every call was a self-attention so far
+
+        def record(module, args, kwargs):
+            q, k, v = (args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(("query", "key", "value")))
+            calls[module] = calls.get(module, True) and q is k is v
+        hooks = [m.register_forward_pre_hook(record, with_kwargs=True)
+                 for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
         was_training = model.training
         model.eval()  # tracing must not update BatchNorm statistics
         try:
             # held: torch-pruning's tracing retries the forward pass after a bare `except:`, which would
             # swallow a Ctrl-C / SIGTERM (autoprune.interrupts); one arriving meanwhile lands just after
             with interrupts.held(), torch.enable_grad(), \
-                    opaque_during_trace([a.module for a in attentions]) as calls:
+                    opaque_during_trace([a.module for a in attentions]) as inputs:
                 graph = tp.DependencyGraph().build_dependency(
                     model, example_inputs=self.example_input, verbose=False,
                     customized_pruners={c: attention_pruner for c in classes})
-            attentions = [replace(a, tied=is_tied(a, calls.get(a.module))) for a in attentions]
+            attentions = [replace(a, tied=is_tied(a, inputs.get(a.module))) for a in attentions]
         except Exception as exc:  # torch-pruning raises many types while tracing
             raise PruningError(f"cannot trace the model's channel dependencies ({type(exc).__name__}: "
                                f"{first_line(exc)[:200]}); add the offending layer to prune.ignore") from exc
         finally:
             model.train(was_training)
+            for hook in hooks:
+                hook.remove()
         tied.update(a.module for a in attentions if a.tied)
         ignored = [module for name, module in model.named_modules() if name in self.ignored]
         order = {name: i for i, name in enumerate(names.values())}
@@ -271,6 +282,11 @@ class ChannelPruner:
                                       "num_heads: excluded")
                 continue
             groups.append(_Group(att.name, None, att.members, att.members, "heads", attention=att))
+        for mha in self_attention_heads(model, {m for m, alone in calls.items() if alone}):
+            if mha.name in self.ignored or any(m in self.ignored for m in mha.members):
+                continue
+            # its in-projection is no module: masks (unstructured, N:M, block) reach out_proj only
+            groups.append(_Group(mha.name, None, mha.members, mha.members[1:], "heads", attention=mha))
         return graph, groups, excluded
 
     @staticmethod
@@ -506,7 +522,7 @@ class ChannelPruner:
         `self.repaired`); the indices removed."""
         if g.attention is not None:
             idxs = self._pick(scores, n, 1)
-            remove_heads(g.attention, idxs)
+            remove_heads(_heads(g.attention), idxs)
             return idxs
         wanted = n
         if g.protected:
@@ -556,7 +572,7 @@ class ChannelPruner:
                 continue
             g = by_name[name]
             if g.attention is not None:
-                remove_heads(g.attention, list(idxs))
+                remove_heads(_heads(g.attention), list(idxs))
                 continue
             group = graph.get_pruning_group(g.root, self._fn(graph, g), list(idxs))
             if not graph.check_pruning_group(group):
@@ -566,6 +582,11 @@ class ChannelPruner:
         _sync_splits(model)
         _sync_widths(links)
         return model
+
+
+def _heads(attention) -> FusedAttention:
+    """The fused attention whose heads go: an nn.MultiheadAttention is first replaced by its fused twin."""
+    return attention.fuse() if isinstance(attention, MhaHeads) else attention
 
 
 WIDTH_ATTRS = ("hidden_dim", "embed_dim", "embedding_dim", "d_model")

@@ -27,7 +27,10 @@ def bn_l1(model: nn.Module) -> torch.Tensor:
 
 def group_lasso(model: nn.Module, layers: Sequence[str]) -> torch.Tensor:
     modules = dict(model.named_modules())
-    terms = [modules[name].weight.flatten(1).norm(dim=1).sum() for name in layers if name in modules]
+    # an nn.MultiheadAttention (a heads group's first member) holds its rows in in_proj_weight
+    weights = [getattr(modules[name], "weight", getattr(modules[name], "in_proj_weight", None))
+               for name in layers if name in modules]
+    terms = [w.flatten(1).norm(dim=1).sum() for w in weights if isinstance(w, torch.Tensor)]
     if not terms:
         raise ConfigError("recover.regulariser.kind=group_lasso found no prunable layer to regularise")
     return torch.stack(terms).sum()
