@@ -281,6 +281,23 @@ class Drifting(nn.Module):
         return self.fc(x) + self.calls
 
 
+def test_an_op_the_torchscript_exporter_cannot_write_goes_through_the_dynamo_exporter(tmp_path):
+    """AlexNet's adaptive pooling at 64 px: its output size (6) does not divide its input size, which the
+    TorchScript exporter refuses; torch's dynamo exporter writes it (dynamic batch, weights inline)."""
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(),
+                          nn.Linear(36, 3)).eval()
+    with pytest.raises(Exception, match="adaptive_avg_pool2d"):
+        torch.onnx.export(model, (X,), str(tmp_path / "ts.onnx"), dynamo=False)
+    path = export_onnx(model, X, tmp_path / "pool.onnx")   # checked against PyTorch inside
+    assert not list(tmp_path.glob("*.data")) and not onnx.load(str(path)).graph.initializer[0].external_data
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": torch.randn(5, 1, 8, 8).numpy()})[0].shape == (5, 3)
+
+
 def test_export_refuses_an_onnx_graph_that_computes_something_else(tmp_path):
     with pytest.raises(ExportError, match="differs from PyTorch's"):
         export_onnx(Drifting(), torch.randn(3, 4), tmp_path / "d.onnx")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,26 +109,61 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path, check
     """Write `model` to `path` (weights inline, no external data), validate it with onnx.checker and
     (`check`) compare its outputs with the model's (`check_outputs`: one run each).
 
-    Uses the TorchScript exporter (`dynamo=False`): it needs no onnxscript and exports CNNs in
-    milliseconds; the batch dimension is dynamic so the same file serves measurement and evaluation.
-    The MHA fast path is off during export (it has no ONNX form)."""
+    The TorchScript exporter (`dynamo=False`) goes first: it exports CNNs in milliseconds. Where it has no
+    form for an op (an adaptive pooling whose output size does not divide its input size, as AlexNet's at
+    64 px), torch's dynamo exporter (onnxscript) tries next. Either way the batch dimension is dynamic so
+    the same file serves measurement and evaluation, and the MHA fast path is off (it has no ONNX form)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _onnx_log_off(), _mha_fastpath_off():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
+        _export_torchscript(model, example_input, path)
+    except Exception as exc:
+        first = first_line(exc)
+        try:
+            _export_dynamo(model, example_input, path)
+        except Exception:
+            raise ExportError(f"ONNX export failed for {type(model).__name__}: {first} (torch's dynamo exporter, "
+                              "tried next, failed too)") from exc
+    try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
         raise ExportError(f"ONNX export failed for {type(model).__name__}: {first_line(exc)}") from exc
     if check:
         check_outputs(model, example_input, path)
     return path
+
+
+def _export_torchscript(model: nn.Module, example_input: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad(), _onnx_log_off(), _mha_fastpath_off():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+
+
+def _export_dynamo(model: nn.Module, example_input: torch.Tensor, path: Path) -> None:
+    """torch.export + onnxscript (opset 18, its lowest), one file with the weights inline."""
+    import logging
+
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example_input,), str(path), dynamo=True, opset_version=18, external_data=False,
+                input_names=["input"], output_names=["output"], verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), report=False,
+            )
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
 
 
 def export_model(model: nn.Module, example_input: torch.Tensor, workdir: Path) -> ExportedModel:
