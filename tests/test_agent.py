@@ -265,7 +265,8 @@ QUICK = {**PROFILE.for_agent(), "warmup_runs": 1, "min_repeats": 5, "max_repeats
 def test_endless_model_is_killed_at_the_timeout_and_the_lock_is_freed(model_bytes):
     """The measurement runs in a child that the request timeout kills: after the 504 no child is left,
     the machine-wide lock is free and the next request is measured (today's main kept measuring)."""
-    with serve(create_app(AgentConfig(TOKEN, timeout_s=4.0, max_queue=1))) as url:
+    # 8 s: the endless request's limit, and all the follow-up request has to start a child and measure
+    with serve(create_app(AgentConfig(TOKEN, timeout_s=8.0, max_queue=1))) as url:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(post, url, endless_model(), profile={**QUICK, "warmup_runs": 1000})
             wait_until(lambda: httpx.get(f"{url}/health").json()["busy"], "the endless measurement")
