@@ -2,6 +2,7 @@
 
     python benchmarks/architectures.py [--models resnet18,shufflenet_v2_x0_5] [--jobs 2] [--out results.jsonl]
     python benchmarks/architectures.py --table results.jsonl [--markdown]     # print a finished run again
+    python benchmarks/architectures.py --table a=first.jsonl b=later.jsonl    # runs merged: the latest per model
 
 Needs torchvision (`pip install 'autoprune[zoo]'`, see docs/ARCHITECTURES.md). For every builder in
 `torchvision.models.list_models(module=torchvision.models)` (the classification zoo), with random
@@ -218,7 +219,10 @@ def reason(result: dict) -> str:
 
 
 def table(results: list[dict], ratios=RATIOS, markdown: bool = False) -> str:
+    """One row per result; a `run` column when the results carry the run they come from (`_run`)."""
+    runs = any("_run" in res for res in results)
     head = ["model", "input", "groups", "prunable", "GMACs"] + [f"MACs/speedup {r}" for r in ratios] + ["ok", "failure"]
+    head += ["run"] if runs else []
     lines = []
     for res in results:
         cells = [res["model"], str(res.get("input", "")), str(res.get("groups", "")), str(res.get("prunable", "")),
@@ -229,7 +233,7 @@ def table(results: list[dict], ratios=RATIOS, markdown: bool = False) -> str:
                 cells.append(f"{row['macs'] / res['macs']:.2f} / {row['speedup']:.2f}x")
             else:
                 cells.append("fail" if "error" in row else "")
-        cells += ["yes" if passes(res, ratios) else "no", reason(res)]
+        cells += ["yes" if passes(res, ratios) else "no", reason(res)] + ([res.get("_run", "")] if runs else [])
         lines.append(cells)
     n_ok = sum(passes(r, ratios) for r in results)
     summary = (f"{n_ok} of {len(results)} torchvision classification builders prune at {', '.join(map(str, ratios))}, "
@@ -238,9 +242,28 @@ def table(results: list[dict], ratios=RATIOS, markdown: bool = False) -> str:
         md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         md += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in lines]
         return "\n".join(md + ["", summary])
-    widths = [max(len(h), *(len(c[i]) for c in lines)) if i < len(head) - 1 else 0 for i, h in enumerate(head)]
+    widths = [max(len(h), *(len(c[i]) for c in lines)) if h != "failure" else 0 for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head)] + [fmt(c) for c in lines] + [summary])
+
+
+def merged(files: list[str]) -> list[dict]:
+    """Per model the result of the last file that has one (with `_run`: its label when several files are
+    given), in zoo order when torchvision is importable, else in order of appearance."""
+    latest: dict[str, dict] = {}
+    for item in files:
+        label, _, path = item.rpartition("=")
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                result = json.loads(line)
+                if len(files) > 1:
+                    result["_run"] = label or Path(path).stem
+                latest[result["model"]] = result
+    try:
+        order = {name: i for i, (name, *_) in enumerate(zoo_models())}
+    except ImportError:
+        return list(latest.values())
+    return sorted(latest.values(), key=lambda r: order.get(r["model"], len(order)))
 
 
 def main() -> None:
@@ -255,7 +278,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="timing with 3 warm-up runs, 10+ repeats, 0.3 s")
     parser.add_argument("--rounds", type=int, default=3, help="dense / pruned timings alternated per ratio")
     parser.add_argument("--out", default="architectures.jsonl", help="results, one JSON line per model (appended)")
-    parser.add_argument("--table", help="print the table of a finished --out file and exit")
+    parser.add_argument("--table", nargs="+", metavar="[LABEL=]FILE",
+                        help="print the table of finished --out files and exit: per model the result of the last "
+                             "file that has one, labelled with its run (LABEL, default the file's name)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -264,8 +289,7 @@ def main() -> None:
     if args.child:
         return child_main(args)
     if args.table:
-        results = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
-        print(table(results, tuple(args.ratios), args.markdown))
+        print(table(merged(args.table), tuple(args.ratios), args.markdown))
         return
     zoo = zoo_models()
     wanted = [m for m in args.models.split(",") if m]
