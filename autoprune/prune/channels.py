@@ -42,7 +42,7 @@ from autoprune.plan import GroupPlan, PrunePlan, kept_channels
 from autoprune.prune.attention import (FusedAttention, FusedAttentionPruner, fused_attentions, head_scores,
                                        is_fused_attention, is_tied, of_module, opaque_during_trace,
                                        remove_heads)
-from autoprune.prune.mha import MhaHeads, self_attention_heads
+from autoprune.prune.mha import MhaHeads, self_attention_calls, self_attention_heads
 from autoprune.prune.importance import make_importance
 from autoprune.prune.criteria import CHANNEL_ONLY
 from autoprune.prune.saliency import GradientStats, needs_gradients, weight_scores
@@ -223,19 +223,12 @@ class ChannelPruner:
         attentions = [a for a in attentions if type(a.module) in classes]
         tied: set = set()   # attentions whose head dims follow their input width: probed after the trace
         attention_pruner = FusedAttentionPruner(tied)
-        calls: dict[nn.Module, bool] = {}   # nn.MultiheadAttention -> every call was a self-attention so far
-
-        def record(module, args, kwargs):
-            q, k, v = (args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(("query", "key", "value")))
-            calls[module] = calls.get(module, True) and q is k is v
-        hooks = [m.register_forward_pre_hook(record, with_kwargs=True)
-                 for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
         was_training = model.training
         model.eval()  # tracing must not update BatchNorm statistics
         try:
             # held: torch-pruning's tracing retries the forward pass after a bare `except:`, which would
             # swallow a Ctrl-C / SIGTERM (autoprune.interrupts); one arriving meanwhile lands just after
-            with interrupts.held(), torch.enable_grad(), \
+            with interrupts.held(), torch.enable_grad(), self_attention_calls(model) as calls, \
                     opaque_during_trace([a.module for a in attentions]) as inputs:
                 graph = tp.DependencyGraph().build_dependency(
                     model, example_inputs=self.example_input, verbose=False,
@@ -246,8 +239,6 @@ class ChannelPruner:
                                f"{first_line(exc)[:200]}); add the offending layer to prune.ignore") from exc
         finally:
             model.train(was_training)
-            for hook in hooks:
-                hook.remove()
         tied.update(a.module for a in attentions if a.tied)
         ignored = [module for name, module in model.named_modules() if name in self.ignored]
         order = {name: i for i, name in enumerate(names.values())}
@@ -282,7 +273,7 @@ class ChannelPruner:
                                       "num_heads: excluded")
                 continue
             groups.append(_Group(att.name, None, att.members, att.members, "heads", attention=att))
-        for mha in self_attention_heads(model, {m for m, alone in calls.items() if alone}):
+        for mha in self_attention_heads(model, calls):
             if mha.name in self.ignored or any(m in self.ignored for m in mha.members):
                 continue
             # its in-projection is no module: masks (unstructured, N:M, block) reach out_proj only

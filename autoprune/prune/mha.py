@@ -14,8 +14,9 @@ plan to the architecture (autoprune.weights), which converts it the same way.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -133,15 +134,34 @@ class MhaHeads:
         return of_module(fused, self.name)
 
 
-def self_attention_heads(model: nn.Module, self_called: set) -> list[MhaHeads]:
-    """The MhaHeads of every nn.MultiheadAttention of `model` that `supports_heads` and is in `self_called`
-    (called with query, key and value the same tensor)."""
+@contextlib.contextmanager
+def self_attention_calls(model: nn.Module) -> Iterator[dict]:
+    """Within the block, the yielded dict records for each nn.MultiheadAttention of `model` that is called
+    whether every call was a self-attention (query, key and value the same tensor)."""
+    calls: dict[nn.Module, bool] = {}
+
+    def record(module, args, kwargs):
+        q, k, v = (args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(("query", "key", "value")))
+        calls[module] = calls.get(module, True) and q is k is v
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True)
+             for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    try:
+        yield calls
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def self_attention_heads(model: nn.Module, calls: dict) -> list[MhaHeads]:
+    """The MhaHeads of every nn.MultiheadAttention of `model` that `supports_heads` and that `calls`
+    (self_attention_calls) saw called as a self-attention only."""
     out = []
     for parent_name, parent in model.named_modules():
         for attr, child in parent.named_children():
-            if child in self_called and supports_heads(child):
+            if calls.get(child) and supports_heads(child):
                 out.append(MhaHeads(f"{parent_name}.{attr}" if parent_name else attr, child, parent, attr))
     return out
 
 
-__all__ = ["FusedMultiheadAttention", "MhaHeads", "self_attention_heads", "supports_heads"]
+__all__ = ["FusedMultiheadAttention", "MhaHeads", "self_attention_calls", "self_attention_heads", "supports_heads"]
