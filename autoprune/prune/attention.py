@@ -104,11 +104,11 @@ class FusedAttention:
         return ((f"{qkv}.weight", self.qkv.weight), (f"{proj}.weight", self.proj.weight))
 
 
-def of_module(module: nn.Module, name: str = "", tied: bool = False) -> FusedAttention:
+def of_module(module: nn.Module, name: str = "") -> FusedAttention:
     layout = layout_of(module)
     if layout is None:
         raise ValueError(f"{type(module).__name__} is not a fused attention module")
-    return FusedAttention(name, module, layout, tied)
+    return FusedAttention(name, module, layout)
 
 
 def fused_attentions(model: nn.Module) -> list[FusedAttention]:
@@ -146,29 +146,37 @@ def _keep(t: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter:
     return nn.Parameter(t.detach().index_select(dim, keep.to(t.device)).clone(), requires_grad=t.requires_grad)
 
 
+def _keep_inner(att: FusedAttention, cols: torch.Tensor) -> None:
+    """Keep inner dims `cols` (of num_heads x head_dim): those rows of each of q, k and v in qkv (weight and
+    bias) and those input columns of the output Linear."""
+    qkv, proj = att.qkv, att.proj
+    rows = torch.cat([cols + part * proj.in_features for part in range(3)])
+    with torch.no_grad():
+        qkv.weight = _keep(qkv.weight, rows, 0)
+        if qkv.bias is not None:
+            qkv.bias = _keep(qkv.bias, rows, 0)
+        qkv.out_features = len(rows)
+        proj.weight = _keep(proj.weight, cols, 1)
+        proj.in_features = len(cols)
+
+
 def remove_heads(att: FusedAttention, heads: Sequence[int]) -> None:
     """Remove `heads` (indices) from the attention module in place."""
-    m, h, d, qkv, proj = att.module, att.num_heads, att.head_dim, att.qkv, att.proj
+    m, h, d = att.module, att.num_heads, att.head_dim
     drop = {int(i) for i in heads}
     kept = [i for i in range(h) if i not in drop]
     if not kept or any(not 0 <= i < h for i in drop):
         raise ValueError(f"cannot remove heads {sorted(drop)} of {h}")
     inner = h * d
     cols = torch.tensor([i * d + j for i in kept for j in range(d)])
-    rows = torch.cat([cols + part * inner for part in range(3)])
     with torch.no_grad():
         for name in _head_params(m, h):
             setattr(m, name, _keep(getattr(m, name), torch.tensor(kept), getattr(m, name).dim() - 1))
-        qkv.weight = _keep(qkv.weight, rows, 0)
-        if qkv.bias is not None:
-            qkv.bias = _keep(qkv.bias, rows, 0)
-        qkv.out_features = len(rows)
         for extra in ("q_bias", "v_bias"):   # BEiT-style separate q / v biases
             b = getattr(m, extra, None)
             if isinstance(b, torch.Tensor) and b.shape[-1] == inner:
                 setattr(m, extra, _keep(b, cols, b.dim() - 1))
-        proj.weight = _keep(proj.weight, cols, 1)
-        proj.in_features = len(cols)
+    _keep_inner(att, cols)
     setattr(m, att.layout.heads, len(kept))
     if isinstance(getattr(m, "head_dim", None), int):
         m.head_dim = d
@@ -184,18 +192,10 @@ def shrink_head_dims(att: FusedAttention, width: int) -> None:
         raise ValueError(f"width {width} does not split into {h} heads")
     if keep_d == d:
         return
-    with torch.no_grad():
-        w = qkv.weight.detach().float().reshape(3, h, d, -1).pow(2).sum((0, 3))
-        w = w + proj.weight.detach().float().reshape(-1, h, d).pow(2).sum(0)
-        dims = torch.argsort(w, dim=1, descending=True, stable=True)[:, :keep_d].sort(dim=1).values
-        cols = (dims + torch.arange(h).view(-1, 1) * d).flatten()
-        rows = torch.cat([cols + part * inner for part in range(3)])
-        qkv.weight = _keep(qkv.weight, rows, 0)
-        if qkv.bias is not None:
-            qkv.bias = _keep(qkv.bias, rows, 0)
-        qkv.out_features = len(rows)
-        proj.weight = _keep(proj.weight, cols, 1)
-        proj.in_features = len(cols)
+    w = qkv.weight.detach().float().reshape(3, h, d, -1).pow(2).sum((0, 3))
+    w = w + proj.weight.detach().float().reshape(-1, h, d).pow(2).sum(0)
+    dims = torch.argsort(w, dim=1, descending=True, stable=True)[:, :keep_d].sort(dim=1).values
+    _keep_inner(att, (dims + torch.arange(h).view(-1, 1) * d).flatten())
     if isinstance(getattr(m, "head_dim", None), int):
         m.head_dim = keep_d
 
