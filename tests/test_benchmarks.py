@@ -91,3 +91,30 @@ def test_default_search_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| seed | wall |" in result.stdout and "seeds with a model >= 3x within 1 pt test:" in result.stdout
     assert (tmp_path / "default-s0" / "out" / "report" / "pareto.json").exists()
+
+
+@pytest.mark.slow   # whole benchmark scripts
+def test_channel_granularity_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "channel_granularity.py"), "--layer", "linear", "--outer", "16",
+         "--widths", "6", "9", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("width")) + 1:][:4]
+    assert [int(line.split()[0]) for line in table] == [6, 7, 8, 9]
+    assert all(len(line.split()) == 3 and float(line.split()[1]) > 0 < float(line.split()[2]) for line in table)
+    k4 = [line for line in lines if line.split()[:1] == ["4"]]
+    assert len(k4) == 1 and k4[0].count("(n=2)") == 2   # 6 and 7 round up to 8, 9's multiple 12 is out of range
+
+
+def test_rounding_cost_counts_widths_whose_next_multiple_is_no_slower():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("granularity", ROOT / "benchmarks" / "channel_granularity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    latency = {6: 1.0, 7: 2.0, 8: 1.5, 9: 1.0, 10: 1.0}   # 8 is slower than 6, faster than 7; 10 has no multiple
+    free, ratio, n = module.rounding_cost(latency, 4, tolerance=0.02)
+    assert (free, ratio, n) == (0.5, (1.5 / 1.0 + 1.5 / 2.0) / 2, 2)
+    assert module.rounding_cost(latency, 64, 0.02)[2] == 0
