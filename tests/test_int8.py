@@ -15,7 +15,7 @@ import torch
 from autoprune.errors import MeasurementError
 from autoprune.hw import export_model, get_backend, load_profile
 from autoprune.hw.artifact import INT8_NAME, artifact_accuracy, artifact_differs, build_artifact
-from autoprune.hw.quantize import calibration_arrays, is_quantized, quantize_int8
+from autoprune.hw.quantize import MATRIX_OPS, calibration_arrays, is_quantized, ops_to_quantize, quantize_int8
 from autoprune.recover import TrainConfig, evaluate
 from autoprune.recover.finetune import train
 from autoprune.tasks.digits import load
@@ -208,3 +208,41 @@ def test_report_overlays_fronts_of_several_targets(int8_search):
     assert len(table) == 1 + 2 + len(own.data.front) + len(b32.data.front)
     assert {r[0] for r in table[1:]} == {f.label for f in fronts}
     assert {p.name for p in files} == {"overlay.csv", "overlay.png", "overlay.html"}
+
+
+def _int8_activations(graph) -> list[tuple[str, set[str]]]:
+    """For every quantized activation (a QuantizeLinear of a node's output, not of a weight): the type of
+    the node that produced it and the types of the nodes that read its DequantizeLinear."""
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    readers: dict[str, set[str]] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, set()).add(n.op_type)
+    dq_of = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return [(producer[q.input[0]], readers.get(dq_of.get(q.output[0], ""), set()))
+            for q in graph.node if q.op_type == "QuantizeLinear" and q.input[0] in producer]
+
+
+def test_attention_graphs_quantize_only_their_matrix_products(tmp_path):
+    """A transformer layer (Softmax, LayerNormalization): an activation is int8 only on its way into or
+    out of a matrix product; Softmax, LayerNormalization, Add stay fp32. A CNN quantizes everything
+    ONNX Runtime can: e.g. a residual Add's output is int8 on its way into a Relu."""
+    matrix = set(MATRIX_OPS)
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True),
+                                  torch.nn.Flatten(), torch.nn.Linear(8 * 16, 4)).eval()
+    exported = export_model(encoder, torch.randn(1, 8, 16), tmp_path / "tf")
+    assert ops_to_quantize(onnx.load(str(exported.onnx_path))) == list(MATRIX_OPS)
+    calibration = [np.random.default_rng(i).standard_normal((4, 8, 16), dtype=np.float32) for i in range(2)]
+    int8 = _int8_activations(onnx.load(str(quantize_int8(exported.onnx_path, tmp_path / "tf.int8.onnx",
+                                                          calibration))).graph)
+    assert any(readers == {"MatMul"} for _, readers in int8)
+    assert all(made in matrix or readers & matrix for made, readers in int8)
+
+    cnn = resnet_small(widths=(8, 8, 8), in_channels=1, num_classes=10).eval()
+    exported = export_model(cnn, torch.randn(1, 1, 16, 16), tmp_path / "cnn")
+    assert ops_to_quantize(onnx.load(str(exported.onnx_path))) is None
+    calibration = [np.random.default_rng(i).standard_normal((4, 1, 16, 16), dtype=np.float32) for i in range(2)]
+    int8 = _int8_activations(onnx.load(str(quantize_int8(exported.onnx_path, tmp_path / "cnn.int8.onnx",
+                                                          calibration))).graph)
+    assert any(made not in matrix and readers and not readers & matrix for made, readers in int8)

@@ -2,6 +2,15 @@
 quantizer (`onnxruntime.quantization.quantize_static`), per-channel int8 weights, uint8 activations
 whose ranges come from calibration batches (MinMax).
 
+Which operators are quantized depends on the graph (`ops_to_quantize`): a convolutional network gets
+every operator ONNX Runtime can quantize (Add, Relu, pooling too: the activations stay int8 between
+convolutions); a graph with attention or layer norm (Softmax, LayerNormalization) gets only its
+matrix products (MatMul, Gemm, Conv), ONNX Runtime's advice for transformers. Measured on 2026-12-04
+(one core, ONNX Runtime 1.31.1): the pretrained MiniLM task quantized everywhere scored 93.75 % test
+(fp32 100 %), matrix products only 100.00 % at the same latency (3.34 against 3.44 ms); leaving out
+LayerNormalization, Softmax, Gather, Add or Mul/Div alone did not recover it (90.6-96.9 %). The
+digits ResNet quantized everywhere runs 0.303 ms, matrix products only 0.335 ms, at equal accuracy.
+
     quantize_int8(Path("model.onnx"), Path("model.int8.onnx"), [batch0, batch1, ...])
 
 The calibration batches are real inputs (the task's train split, `calibration_arrays`); where none
@@ -25,6 +34,8 @@ from autoprune.errors import MeasurementError, first_line
 log = logging.getLogger("autoprune")
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+MATRIX_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")   # what a transformer's int8 model quantizes
+ATTENTION_OPS = frozenset({"Softmax", "LayerNormalization", "Attention", "MultiHeadAttention"})
 CALIBRATION_BATCHES = 8      # batches of the train split the activation ranges are taken from
 CALIBRATION_BATCH_SIZE = 32
 
@@ -33,6 +44,15 @@ def is_quantized(model: onnx.ModelProto | Path | str) -> bool:
     """True when the graph holds QDQ or QLinear* nodes (it is an int8 model already)."""
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
     return any(n.op_type in QDQ_OPS or n.op_type.startswith("QLinear") for n in proto.graph.node)
+
+
+def ops_to_quantize(model: onnx.ModelProto) -> Optional[list[str]]:
+    """The operator types to quantize in `model`: None (ONNX Runtime's default, every operator it can)
+    for graphs without attention or layer norm; only the matrix products (MATRIX_OPS) for graphs with
+    them, whose elementwise operators lose accuracy in uint8 (see the module's note)."""
+    if any(n.op_type in ATTENTION_OPS for n in model.graph.node):
+        return list(MATRIX_OPS)
+    return None
 
 
 def _input_name(onnx_path: Path) -> str:
@@ -81,8 +101,9 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: Sequence[np.ndar
         except Exception as exc:  # pre-processing only helps; the quantizer runs without it
             log.debug("int8: pre-processing %s skipped (%s)", onnx_path.name, first_line(exc))
             source = onnx_path
+        ops = ops_to_quantize(onnx.load(str(source), load_external_data=False))
         try:
-            quantize_static(str(source), str(out_path), _reader(name, calibration),
+            quantize_static(str(source), str(out_path), _reader(name, calibration), op_types_to_quantize=ops,
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax,
