@@ -6,10 +6,11 @@ Which operators are quantized depends on the graph (`ops_to_quantize`): a convol
 every operator ONNX Runtime can quantize (Add, Relu, pooling too: the activations stay int8 between
 convolutions); a graph with attention or layer norm (Softmax, LayerNormalization) gets only its
 matrix products (MatMul, Gemm, Conv), ONNX Runtime's advice for transformers. Measured on 2026-12-04
-(one core, ONNX Runtime 1.31.1): the pretrained MiniLM task quantized everywhere scored 93.75 % test
-(fp32 100 %), matrix products only 100.00 % at the same latency (3.34 against 3.44 ms); leaving out
-LayerNormalization, Softmax, Gather, Add or Mul/Div alone did not recover it (90.6-96.9 %). The
-digits ResNet quantized everywhere runs 0.303 ms, matrix products only 0.335 ms, at equal accuracy.
+(`benchmarks/int8_recipe.py`, docs/BENCHMARKS.md): the pretrained MiniLM task quantized everywhere
+scored 93.75 % test (fp32 100 %), matrix products only 100 % at the same latency (3.32 against
+3.45 ms); leaving out LayerNormalization, Softmax, Gather, Add or Mul/Div alone did not recover it
+(93.75-96.88 %). The digits ResNet quantized everywhere runs 0.302 ms, matrix products only 0.333 ms,
+at equal accuracy.
 
     quantize_int8(Path("model.onnx"), Path("model.int8.onnx"), [batch0, batch1, ...])
 
