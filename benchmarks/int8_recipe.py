@@ -5,9 +5,9 @@ and latency of a task's baseline under several static-QDQ recipes.
     python benchmarks/int8_recipe.py                 # the default digits ResNet
 
 Arguments are Hydra overrides of the task (the baseline is trained or read from `cache_dir`). Every
-recipe quantizes the same pre-processed fp32 export with the same calibration batches (the train
-split, as autoprune does) and differs only in `op_types_to_quantize`; "autoprune" is what
-`autoprune.hw.quantize.quantize_int8` does (the choice `ops_to_quantize` makes for this graph).
+recipe is `autoprune.hw.quantize.quantize_int8` of the same fp32 export with the same calibration
+batches (the train split, as autoprune does) and differs only in the operator types quantized;
+"autoprune" is the default, the choice `ops_to_quantize` makes for this graph.
 Latency: `cpu-ort-int8-1t`'s rules, every model once per round, median of 3 rounds.
 """
 
@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 from hydra import compose, initialize_config_dir
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from autoprune.cli import _quiet_libraries
 from autoprune.context import build_context
 from autoprune.hw import ExportedModel, export_onnx, get_backend, load_profile
 from autoprune.hw.artifact import artifact_accuracy
-from autoprune.hw.quantize import MATRIX_OPS, _input_name, _reader, calibration_arrays, quantize_int8
+from autoprune.hw.quantize import MATRIX_OPS, calibration_arrays, quantize_int8
 from autoprune.resources import resource_dir
 
 EVERY_OP = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
@@ -40,7 +38,7 @@ def without(*ops: str) -> list[str]:
 
 
 RECIPES = {
-    "every operator": None,
+    "every operator": EVERY_OP,
     "matrix products only": list(MATRIX_OPS),
     "all but LayerNormalization": without("LayerNormalization"),
     "all but Softmax": without("Softmax"),
@@ -60,18 +58,11 @@ def main() -> None:
     fp32_profile, int8_profile = load_profile("cpu-ort-1t"), load_profile("cpu-ort-int8-1t")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(export_onnx(ctx.baseline, data.example_batch(1), Path(tmp) / "fp32.onnx"))
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        print("operators:", dict(Counter(n.op_type for n in onnx.load(str(pre)).graph.node)))
+        print("operators:", dict(Counter(n.op_type for n in onnx.load(str(fp32)).graph.node)))
         models = [("fp32", fp32, fp32_profile),
                   ("autoprune", quantize_int8(fp32, Path(tmp) / "autoprune.onnx", calibration), int8_profile)]
-        for i, (label, ops) in enumerate(RECIPES.items()):
-            out = Path(tmp) / f"r{i}.onnx"
-            quantize_static(str(pre), str(out), _reader(_input_name(pre), calibration), op_types_to_quantize=ops,
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"CalibTensorRangeSymmetric": False})
-            models.append((label, out, int8_profile))
+        models += [(label, quantize_int8(fp32, Path(tmp) / f"r{i}.onnx", calibration, op_types=ops), int8_profile)
+                   for i, (label, ops) in enumerate(RECIPES.items())]
         times: dict[str, list[float]] = {label: [] for label, _, _ in models}
         for _ in range(3):
             for label, path, profile in models:

@@ -118,3 +118,13 @@ def test_rounding_cost_counts_widths_whose_next_multiple_is_no_slower():
     free, ratio, n = module.rounding_cost(latency, 4, tolerance=0.02)
     assert (free, ratio, n) == (0.5, (1.5 / 1.0 + 1.5 / 2.0) / 2, 2)
     assert module.rounding_cost(latency, 64, 0.02)[2] == 0
+
+
+@pytest.mark.slow   # whole benchmark scripts
+def test_int8_recipe_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "int8_recipe.py"), f"cache_dir={tmp_path / 'cache'}", *FAST],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line[:28].strip() for line in result.stdout.splitlines()[-9:]}
+    assert {"fp32", "autoprune", "every operator", "matrix products only"} <= rows

@@ -56,8 +56,7 @@ def ops_to_quantize(model: onnx.ModelProto) -> Optional[list[str]]:
     return None
 
 
-def _input_name(onnx_path: Path) -> str:
-    model = onnx.load(str(onnx_path), load_external_data=False)
+def _input_name(model: onnx.ModelProto, onnx_path: Path) -> str:
     initializers = {i.name for i in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in initializers]
     if len(names) != 1:
@@ -82,10 +81,12 @@ def _reader(name: str, batches: Iterable[np.ndarray]):
     return _Batches()
 
 
-def quantize_int8(onnx_path: Path, out_path: Path, calibration: Sequence[np.ndarray]) -> Path:
+def quantize_int8(onnx_path: Path, out_path: Path, calibration: Sequence[np.ndarray],
+                  op_types: Optional[Sequence[str]] = None) -> Path:
     """Write the static int8 (QDQ, per-channel weights) version of `onnx_path` to `out_path`.
 
     `calibration`: input batches (numpy, the model's input dtype) the activation ranges are measured on.
+    `op_types`: the operator types to quantize; by default `ops_to_quantize` chooses from the graph.
     The model is pre-processed first (shape inference, constant folding: what ONNX Runtime recommends)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -93,7 +94,9 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: Sequence[np.ndar
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not calibration:
         raise MeasurementError("int8 quantization needs at least one calibration batch")
-    name = _input_name(onnx_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    name = _input_name(model, onnx_path)
+    ops = list(op_types) if op_types is not None else ops_to_quantize(model)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "pre.onnx"
@@ -102,7 +105,6 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: Sequence[np.ndar
         except Exception as exc:  # pre-processing only helps; the quantizer runs without it
             log.debug("int8: pre-processing %s skipped (%s)", onnx_path.name, first_line(exc))
             source = onnx_path
-        ops = ops_to_quantize(onnx.load(str(source), load_external_data=False))
         try:
             quantize_static(str(source), str(out_path), _reader(name, calibration), op_types_to_quantize=ops,
                             quant_format=QuantFormat.QDQ, per_channel=True,
