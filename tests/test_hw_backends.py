@@ -160,6 +160,12 @@ def test_measurements_wait_for_the_machine_lock(models):
     assert done.is_set()
 
 
+def test_the_lock_directory_is_created(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_LOCK_DIR", str(tmp_path / "shared" / "volume"))
+    with measurement_lock():
+        assert (tmp_path / "shared" / "volume" / "autoprune-measure.lock").exists()
+
+
 def test_threads_are_pinned_and_recorded(models):
     profile = fast_profile(runtime="torch", threads=1, cpu_affinity=[0])
     before = torch.get_num_threads()

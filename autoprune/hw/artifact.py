@@ -7,11 +7,14 @@ A profile's `precision` decides what is deployed, and so what is timed and score
   train split. `deploy_in_place` makes it the candidate's `model.onnx` (the fp32 export moves to
   `model.fp32.onnx`), so what is timed, scored, logged to MLflow, bundled and registered by `pick` is
   the int8 file, with nothing downstream needing to know.
-- fp16 (ONNX Runtime CUDA / TensorRT): the fp32 ONNX file converted to fp16 when it is loaded
+- fp16, runtime torch (CUDA): the module cast to fp16 on the profile's device, as the torch backend
+  times it; scored by running that module there (floating inputs in fp16, integer inputs as they are).
+- fp16, ONNX Runtime CUDA / TensorRT: the fp32 ONNX file converted to fp16 when it is loaded
   (autoprune.hw.onnx_transforms.to_fp16, the TensorRT builder); scored by ONNX Runtime with that
   conversion on the profile's CUDA provider (TensorRT profiles: on CUDAExecutionProvider, which
-  approximates TensorRT's fp16 kernels). NOT TESTED on a GPU here: the machine has none; the conversion
-  and the scoring path run in the tests on ONNX Runtime's CPU provider.
+  approximates TensorRT's fp16 kernels). NOT TESTED on a GPU: no session had onnxruntime-gpu or
+  TensorRT on a GPU (too large to carry to the lent one); the conversion and the scoring path run in the
+  tests on ONNX Runtime's CPU provider.
 
 `artifact_accuracy` is top-1 accuracy of the artifact on a split, run by the profile's runtime.
 """
@@ -19,7 +22,7 @@ A profile's `precision` decides what is deployed, and so what is timed and score
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -33,9 +36,9 @@ SCORE_BATCH = 256
 
 
 def artifact_differs(profile: HardwareProfile) -> bool:
-    """True when the profile deploys something other than the fp32 PyTorch model's computation (int8,
-    fp16 through ONNX Runtime or TensorRT): then its accuracy is measured on the artifact."""
-    return profile.precision != "fp32" and profile.runtime in ("onnxruntime", "tensorrt")
+    """True when the profile deploys something other than the fp32 PyTorch model's computation (int8; fp16
+    on any runtime): then its accuracy is measured on the artifact."""
+    return profile.precision != "fp32"
 
 
 def build_artifact(model: ModelFiles, profile: HardwareProfile,
@@ -82,22 +85,48 @@ def _scoring_profile(profile: HardwareProfile) -> HardwareProfile:
                                profile_layers=False, sparse_weights=False, agent_url=None)
 
 
-def artifact_accuracy(model: ModelFiles, profile: HardwareProfile, dataset, batch_size: int = SCORE_BATCH) -> float:
-    """Top-1 accuracy in [0, 1] of the artifact `model` on `dataset` (items `(input, label)`), run by
-    ONNX Runtime as the profile configures it (threads, optimisation level, provider, fp16 on load)."""
-    import torch
+Predict = Callable[[np.ndarray], np.ndarray]   # a batch of inputs -> its logits
 
+
+def _onnxruntime_predict(exported: ExportedModel, profile: HardwareProfile) -> Predict:
     from autoprune.hw.onnxruntime_backend import make_session
 
-    session = make_session(as_exported(model).onnx_path, _scoring_profile(profile))
+    session = make_session(exported.onnx_path, _scoring_profile(profile))
     name = session.get_inputs()[0].name
+    return lambda inputs: np.asarray(session.run(None, {name: inputs})[0])
+
+
+def _torch_predict(exported: ExportedModel, profile: HardwareProfile) -> Predict:
+    import torch
+
+    from autoprune.hw.torch_backend import as_input, check_device, deployed_module, torch_dtype
+
+    if exported.module is None:
+        raise MeasurementError("scoring a runtime-torch artifact needs the PyTorch module: pass "
+                               "ExportedModel(onnx_path, module=model)")
+    check_device(profile)
+    net, device, dtype = deployed_module(exported.module, profile), torch.device(profile.device), torch_dtype(profile)
+
+    def predict(inputs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(as_input(torch.from_numpy(inputs), device, dtype)).float().cpu().numpy()
+    return predict
+
+
+def artifact_accuracy(model: ModelFiles, profile: HardwareProfile, dataset, batch_size: int = SCORE_BATCH) -> float:
+    """Top-1 accuracy in [0, 1] of the artifact `model` on `dataset` (items `(input, label)`), run by the
+    profile's runtime: ONNX Runtime as the profile configures it (threads, optimisation level, provider,
+    fp16 on load), or for runtime torch the module (`model.module`) on the profile's device and precision."""
+    import torch
+
+    exported = as_exported(model)
+    predict = (_torch_predict if profile.runtime == "torch" else _onnxruntime_predict)(exported, profile)
     correct = total = 0
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         inputs = torch.stack([torch.as_tensor(x) for x, _ in items]).cpu().numpy()
         labels = np.asarray([int(y) for _, y in items])
-        logits = session.run(None, {name: inputs})[0]
-        correct += int((np.asarray(logits).argmax(axis=1) == labels).sum())
+        correct += int((predict(inputs).argmax(axis=1) == labels).sum())
         total += len(items)
     if total == 0:
         raise MeasurementError("cannot score the artifact on an empty split")

@@ -171,8 +171,9 @@ def _validate(p: HardwareProfile) -> None:
         raise bad("device", "must be cuda or cuda:N for runtime tensorrt")
     if p.precision not in PRECISIONS:
         raise bad("precision", f"must be one of {list(PRECISIONS)}, got {_show(p.precision)}")
-    if p.precision == "fp16" and not p.uses_cuda:
-        raise bad("precision", "fp16 needs a GPU: use precision fp32 on the CPU, or a CUDA provider/device")
+    if p.precision == "fp16" and not (p.uses_cuda or p.runtime == "torch"):   # torch has fp16 CPU kernels too
+        raise bad("precision", "fp16 needs a GPU here: use precision fp32 on the CPU, a CUDA provider/device, "
+                               "or runtime torch")
     if p.precision == "int8" and not (p.runtime == "onnxruntime" and p.provider == "CPUExecutionProvider"):
         raise bad("precision", "int8 (static QDQ quantization) is supported for runtime onnxruntime with "
                                "provider CPUExecutionProvider: use precision fp32 or fp16 here")

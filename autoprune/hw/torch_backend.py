@@ -56,6 +56,21 @@ def cuda_graph(net: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return graph.replay
 
 
+def torch_dtype(profile: HardwareProfile) -> torch.dtype:
+    """The dtype the profile runs a module's weights and floating inputs in."""
+    return torch.float16 if profile.precision == "fp16" else torch.float32
+
+
+def as_input(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`x` on `device`, in `dtype` when it is floating point; integer inputs (token ids) keep their type."""
+    return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device=device)
+
+
+def deployed_module(module: torch.nn.Module, profile: HardwareProfile) -> torch.nn.Module:
+    """A copy of `module` on the profile's device in its precision, in eval mode (the caller's stays as is)."""
+    return copy.deepcopy(module).to(device=torch.device(profile.device), dtype=torch_dtype(profile)).eval()
+
+
 def check_device(profile: HardwareProfile) -> None:
     """Raise MeasurementError when the profile's device is a GPU this torch cannot see."""
     if torch.device(profile.device).type == "cuda" and not torch.cuda.is_available():
@@ -83,18 +98,17 @@ class TorchBackend:
                                    "ExportedModel(onnx_path, module=model) (autoprune.hw.export_model gives both)")
         check_device(profile)
         device = torch.device(profile.device)
-        dtype = torch.float16 if profile.precision == "fp16" else torch.float32
-        net = copy.deepcopy(exported.module).to(device=device, dtype=dtype).eval()   # the caller's stays as is
+        net = deployed_module(exported.module, profile)
         specs = input_specs(exported.onnx_path, profile)
         if len(specs) != 1:
             raise MeasurementError(f"runtime torch times single-input models; this one has {len(specs)} inputs: "
                                    "use runtime onnxruntime")
-        x = torch.from_numpy(random_inputs(specs)[specs[0].name]).to(device=device, dtype=dtype)
+        x = as_input(torch.from_numpy(random_inputs(specs)[specs[0].name]), device, torch_dtype(profile))
         with pinned(profile.cpu_affinity), torch_threads(profile.thread_count()), torch.inference_mode():
             if device.type == "cuda":
-                torch.cuda.set_device(device)
-                forward = cuda_graph(net, x) if profile.cuda_graphs else (lambda: net(x))
-                samples = repeat_until_stable(cuda_event_timer(forward), profile)
+                with torch.cuda.device(torch.cuda.current_device() if device.index is None else device.index):
+                    forward = cuda_graph(net, x) if profile.cuda_graphs else (lambda: net(x))
+                    samples = repeat_until_stable(cuda_event_timer(forward), profile)
             else:
                 samples = repeat_until_stable(wall_clock(lambda: net(x)), profile)
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -29,6 +29,7 @@ import optuna
 from autoprune.candidate import CandidateEvaluator, TrialResult
 from autoprune.deploy import write_bundle
 from autoprune.hw.artifact import FP32_NAME, artifact_accuracy, artifact_differs
+from autoprune.hw.export import ExportedModel
 from autoprune.owner import process_owner
 from autoprune.plan import PrunePlan
 from autoprune.prune import PrunableGroup
@@ -303,7 +304,7 @@ class ReportObserver(BaseObserver):
                 test = evaluate(model, self.data.test)
                 profile = self.evaluator.profile
                 if artifact_differs(profile):
-                    accuracy = artifact_accuracy(onnx_file, profile, self.data.test)
+                    accuracy = artifact_accuracy(ExportedModel(onnx_file, module=model), profile, self.data.test)
                     self.tracker.log(run_id, metrics={"test_accuracy": accuracy, "test_accuracy_torch": test})
                 else:
                     accuracy = test
