@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,15 @@ def test_int8_recipe_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {line[:28].strip() for line in result.stdout.splitlines()[-9:]}
     assert {"fp32", "autoprune", "every operator", "matrix products only"} <= rows
+
+
+@pytest.mark.slow   # whole benchmark scripts
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="contention.py needs two cores")
+def test_contention_script_runs(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "contention.py"), "--model", "resnet",
+                             "--rounds", "1"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "AUTOPRUNE_LOCK_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line[:16].strip(): line.split()[-3:] for line in result.stdout.splitlines()[-3:]}
+    assert set(rows) == {"quiet", "trainer", "trainer, locked"}
+    assert rows["quiet"][1] == "1.000x" and float(rows["trainer"][2]) > 0 < float(rows["trainer, locked"][2])

@@ -6,6 +6,10 @@ teacher, a regularisation penalty, gradient statistics for gradient criteria, an
 at given optimizer steps that prune further (gradual schedules). An event that changes the model's
 parameters (channels removed) gets a fresh optimizer (momentum restarts); the learning-rate schedule
 keeps its position.
+
+Every optimizer step runs inside `autoprune.hw.lock.compute_share()`: with AUTOPRUNE_PAUSE_TRAINING=1 it
+waits while a search on this machine times a model, so this worker's training does not load the cores or
+memory a measurement runs on (off by default; see autoprune/hw/lock.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from autoprune.errors import AutopruneError
+from autoprune.hw.lock import compute_share
 from autoprune.schema import build, check, setting
 
 
@@ -121,24 +126,25 @@ def finetune(model: nn.Module, data: Dataset, config: TrainConfig, *,
             if rebuilt:  # new parameter tensors: new optimizer, same place on the learning-rate curve
                 optimizer = _optimizer(model, config)
                 schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lambda base, s: lr_at(s + base), step))
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            if teacher is not None and kd_alpha > 0:
-                with torch.no_grad():
-                    target = teacher(x)
-                loss = (1 - kd_alpha) * loss + kd_alpha * distillation_loss(logits, target, kd_temperature)
-            if penalty is not None:
-                loss = loss + penalty(model)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"training loss became {loss.item()} in epoch {epoch}: lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_hook is not None:
-                grad_hook(model)
-            optimizer.step()
-            schedule.step()
-            if masks is not None:
-                masks.apply()
+            with compute_share():   # AUTOPRUNE_PAUSE_TRAINING=1: paused while a model is timed
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                if teacher is not None and kd_alpha > 0:
+                    with torch.no_grad():
+                        target = teacher(x)
+                    loss = (1 - kd_alpha) * loss + kd_alpha * distillation_loss(logits, target, kd_temperature)
+                if penalty is not None:
+                    loss = loss + penalty(model)
+                if not torch.isfinite(loss):
+                    raise DivergedError(f"training loss became {loss.item()} in epoch {epoch}: lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_hook is not None:
+                    grad_hook(model)
+                optimizer.step()
+                schedule.step()
+                if masks is not None:
+                    masks.apply()
             step += 1
         if on_epoch is not None:
             on_epoch(epoch, model)
