@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,19 @@ def test_figures_have_legend_labels_units_and_round_ticks(data):
     assert svg.startswith('<svg id="fig-pareto"') and "http" not in svg
     assert all(f'id="pt-{c.trial}"' in svg for c in data.trials) and 'id="pt-baseline"' in svg
     assert ">recommended (#1)<" in svg and ">#1<" in svg   # text stays text
+
+
+def test_heatmap_leaves_room_for_long_group_names(tmp_path):
+    """One Pareto model of a transformer: 42-character group names once squeezed the heat map's axes to
+    nothing (matplotlib: 'constrained_layout not applied because axes sizes collapsed to zero')."""
+    groups = [f"encoder.encoder.layer.{i}.{part}" for i in range(6) for part in ("attention.self", "intermediate.dense")]
+    model = Candidate(2, 1.0, 1.4, 1.5, 2_981_188, 63_950_000, 11_760_600, 1.0, ratios={g: 0.75 for g in groups})
+    base = Candidate(-1, 1.0, 7.1, 7.4, 10_955_908, 255_070_000, 42_911_900, 1.0)
+    one = ReportData("minilm", base, [model], [model], 0, [(0, 0.8)], {}, 0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for chart in charts(one, model, SplitSizes(64, 64)):
+            chart.save_png(tmp_path)
 
 
 def test_report_html_recommends_formats_and_flags(data, tmp_path):

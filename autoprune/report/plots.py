@@ -107,7 +107,9 @@ def heatmap_chart(data: ReportData) -> Chart:
     """The plans of the Pareto models: pruning ratio per group, fastest model first."""
     groups = sorted({g for c in data.front for g in c.ratios})
     models = data.front
-    fig = Figure(figsize=(2.2 + 0.75 * max(1, len(models)), 1.3 + 0.32 * max(1, len(groups))), layout="constrained")
+    label_in = 0.055 * max((len(g) for g in groups), default=0)   # group names at 7 pt: ~0.055 inch a character
+    fig = Figure(figsize=(1.9 + label_in + 0.75 * max(1, len(models)), 1.3 + 0.32 * max(1, len(groups))),
+                 layout="constrained")
     ax = fig.add_subplot()
     grid = [[c.ratios.get(g, 0.0) for c in models] for g in groups] or [[0.0]]
     image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=1, aspect="auto")
