@@ -186,7 +186,7 @@ class SearchConfig(Section):
                                     nonempty=True, unique=True)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
-    warm_start: list[float] = setting(default_factory=lambda: [0.25, 0.5, 0.75], ge=0, lt=1, item="ratio",
+    warm_start: list[float] = setting(default_factory=lambda: [0.25, 0.5, 0.75, 0.85], ge=0, lt=1, item="ratio",
                                       fix="give pruning ratios such as {key}=[0.25,0.5] (or [] for none)")
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
     screen: ScreenConfig = field(default_factory=ScreenConfig)

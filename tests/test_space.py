@@ -80,3 +80,16 @@ def test_suggested_ratios_carry_no_float_noise():
         assert {plan.ratio(g) for g in GROUPS} <= grid and all(repr(plan.ratio(g)) == str(round(plan.ratio(g), 10))
                                                                 for g in GROUPS)
     assert noisy, "Optuna gave no noisy value to round: the test shows nothing"
+
+
+def test_warm_start_plans_are_uniform_ratios_then_the_prior_without_repeats():
+    default = load_space("default", GROUPS)
+    plans = default.warm_start([0.25, 0.5, 0.75, 0.85])
+    assert [p.ratio("stem.0") for p in plans] == [0.25, 0.5, 0.75, 0.85]   # 0.85: the space's most pruned plan
+    capped = build_space({"ratio": {"low": 0.0, "high": 0.75, "step": 0.05}}, GROUPS)
+    assert [p.ratio("stem.0") for p in capped.warm_start([0.25, 0.5, 0.75, 0.85])] == [0.25, 0.5, 0.75]
+    prior = build_space({"per_group": {"stem.0": {"high": 0.3}}}, GROUPS)
+    assert prior.warm_start([0.5]) == [prior.uniform(0.5), prior.upper()]
+    assert prior.warm_start([0.5, 0.85]) == [prior.uniform(0.5), prior.upper()]   # uniform 0.85 is the upper plan here
+    assert prior.uniform(0.5).ratio("stem.0") == 0.3   # each group at most its own highest ratio
+    assert default.warm_start([]) == []

@@ -110,9 +110,7 @@ class Search:
         with shared_lock(cfg.search.storage, self.study_name, cfg.search.run_name):
             self._close_orphans()
             if not self.study.trials:
-                warm = [ctx.space.uniform(ratio) for ratio in cfg.search.warm_start]
-                if ctx.space.has_group_ranges:  # a sensitivity prior: each group at its own limit
-                    warm.append(ctx.space.upper())
+                warm = ctx.space.warm_start(cfg.search.warm_start)
                 allocate = cfg.search.allocate
                 warm += warm_start_plans(ctx.space, ctx.evaluator.start_model(), ctx.evaluator.pruner, ctx.profile,
                                          list(allocate.budgets), allocate.table)

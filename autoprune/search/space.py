@@ -152,6 +152,17 @@ class SearchSpace:
         return PrunePlan({g: self._group_plan(d.range.high, d.patterns[0]) for d in self.dimensions for g in d.groups},
                          self.importances[0])
 
+    def warm_start(self, ratios: Sequence[float]) -> list[PrunePlan]:
+        """The plans a new study tries first: `uniform(r)` for each ratio (a ratio above a group's highest
+        takes that highest, so 0.85 in the default space is its most pruned plan), then with a sensitivity
+        prior `upper()`; a plan already in the list is not repeated."""
+        plans = [self.uniform(r) for r in ratios] + ([self.upper()] if self.has_group_ranges else [])
+        unique: list[PrunePlan] = []
+        for plan in plans:
+            if plan not in unique:
+                unique.append(plan)
+        return unique
+
     @property
     def has_group_ranges(self) -> bool:
         """Ranges set per group by the space file (a sensitivity prior); caps from what a group can take
