@@ -283,6 +283,7 @@ class ReportConfig(Section):
     where = "report"
     target: Optional[str] = None     # a profile of the search's search.also_measure (null: the search's hw)
     studies: list[str] = field(default_factory=list)   # [study-a, study-b, study-a@cpu-ort-b32]
+    recheck_rounds: int = setting(0, ge=0, fix="e.g. 3 (0: no re-timing)")   # re-time the front side by side
 
 
 @dataclass(frozen=True)

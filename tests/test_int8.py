@@ -190,6 +190,21 @@ def test_report_draws_the_front_of_an_also_measured_target(int8_search):
 
 
 @pytest.mark.slow
+def test_report_retimes_the_front_on_the_searched_profile(int8_search):
+    from autoprune.cli import run
+    from tests.conftest import compose_config
+
+    tmp, outcome = int8_search
+    data, files = run(compose_config(tmp, f"hw={tmp / 'int8-fast.yaml'}", "mode=report", "report.recheck_rounds=1",
+                                     "tracking.experiment=int8"), tmp / "report-recheck")
+    assert files[-1].name == "recheck.csv"
+    rows = files[-1].read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(c.label for c in data.front)
+    search_ms = {r.split(",")[0]: float(r.split(",")[1]) for r in rows}
+    assert all(search_ms[c.label] == pytest.approx(c.latency_ms, rel=1e-5) for c in data.front)
+
+
+@pytest.mark.slow
 def test_report_overlays_fronts_of_several_targets(int8_search):
     import csv
 

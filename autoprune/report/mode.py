@@ -46,4 +46,17 @@ def run_report(cfg: AppConfig, output_dir: Path):
     data = collect(study, tracker, cfg.search.hv_max_drop, report.target)
     files = write_report(data, Path(output_dir) / "report", split_sizes(study))
     write_bundle(data, tracker, Path(output_dir) / "report")
+    if report.recheck_rounds:
+        files.append(_recheck(data, cfg, Path(output_dir) / "report"))
     return data, files
+
+
+def _recheck(data, cfg: AppConfig, folder: Path) -> Path:
+    """Re-time the bundled front models side by side (autoprune.report.recheck); prints and writes recheck.csv."""
+    from autoprune.report.recheck import format_recheck, recheck, target_profile, write_recheck
+
+    bundled = [(c.label, folder / "models" / f"trial-{c.trial:04d}.onnx", c.latency_ms) for c in data.front]
+    models = [m for m in bundled if m[1].is_file()]
+    rows = recheck(models, target_profile(cfg.hw, data.target), cfg.report.recheck_rounds, cfg.seed)
+    print(format_recheck(rows))
+    return write_recheck(rows, folder / "recheck.csv")
