@@ -64,9 +64,10 @@ def main() -> None:
         models += [(label, quantize_int8(fp32, Path(tmp) / f"r{i}.onnx", calibration, op_types=ops), int8_profile)
                    for i, (label, ops) in enumerate(RECIPES.items())]
         times: dict[str, list[float]] = {label: [] for label, _, _ in models}
+        backends = {p.name: get_backend(p) for p in (fp32_profile, int8_profile)}
         for _ in range(3):
             for label, path, profile in models:
-                times[label].append(get_backend(profile).measure(ExportedModel(path), profile).median_ms)
+                times[label].append(backends[profile.name].measure(ExportedModel(path), profile).median_ms)
         splits = (data.train, data.val, data.test)
         print(f"\n{'recipe':28} {'train %':>8} {'val %':>8} {'test %':>8} {'ms':>8}   "
               f"(n = {len(data.train)} / {len(data.val)} / {len(data.test)})")

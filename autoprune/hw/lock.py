@@ -35,10 +35,6 @@ def lock_dir() -> Path:
     return Path(os.environ.get("AUTOPRUNE_LOCK_DIR", tempfile.gettempdir()))
 
 
-def lock_path() -> Path:
-    return lock_dir() / MEASURE
-
-
 @contextlib.contextmanager
 def _flock(name: str, mode: int) -> Iterator[None]:
     """`name` in the lock directory (created if missing, e.g. a volume path shared by containers), locked

@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from autoprune.errors import AutopruneError
-from autoprune.hw.lock import compute_share
+from autoprune.hw.lock import compute_share, pausing_training
 from autoprune.schema import build, check, setting
 
 
@@ -113,6 +113,7 @@ def finetune(model: nn.Module, data: Dataset, config: TrainConfig, *,
     lr_at = lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     loss_fn = nn.CrossEntropyLoss()
+    pause = pausing_training()   # read once: AUTOPRUNE_PAUSE_TRAINING does not change during a fine-tune
     if teacher is not None:
         teacher.eval()
     step = 0
@@ -126,7 +127,7 @@ def finetune(model: nn.Module, data: Dataset, config: TrainConfig, *,
             if rebuilt:  # new parameter tensors: new optimizer, same place on the learning-rate curve
                 optimizer = _optimizer(model, config)
                 schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lambda base, s: lr_at(s + base), step))
-            with compute_share():   # AUTOPRUNE_PAUSE_TRAINING=1: paused while a model is timed
+            with compute_share(pause):   # AUTOPRUNE_PAUSE_TRAINING=1: paused while a model is timed
                 logits = model(x)
                 loss = loss_fn(logits, y)
                 if teacher is not None and kd_alpha > 0:
