@@ -170,6 +170,14 @@ class ScreenConfig(Section):
 
 
 @dataclass(frozen=True)
+class RetimeConfig(Section):
+    """The end of the search re-times the models near the front side by side (autoprune.search.retime)."""
+    where = "search.retime"
+    rounds: int = setting(3, ge=0, fix="e.g. 3 (0: no re-timing)")
+    margin: float = setting(0.5, ge=0, fix="a fraction of the latency, e.g. {key}=0.5")
+
+
+@dataclass(frozen=True)
 class SearchConfig(Section):
     where = "search"
     n_trials: int = setting(24, ge=0)
@@ -197,6 +205,7 @@ class SearchConfig(Section):
     trial_timeout_s: Optional[float] = setting(None, gt=0, fix="or null for no limit")
     timeout_s: Optional[float] = setting(None, gt=0, fix="or null for no limit")
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    retime: RetimeConfig = field(default_factory=RetimeConfig)
 
 
 # ------------------------------------------------------------------------------------------ prune

@@ -13,6 +13,7 @@ from omegaconf import open_dict
 from autoprune.cli import run
 from autoprune.context import build_context
 from autoprune.errors import ExportError, MeasurementError, PruningError
+from autoprune.search.retime import front_numbers, retimed_latencies
 
 
 def _runs(client, exp_id, role):
@@ -72,7 +73,9 @@ def test_pareto_tags_are_exactly_the_non_dominated_set(two_invocations):
     tmp, _, second = two_invocations
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     trials = _runs(client, client.get_experiment_by_name("e2e").experiment_id, "trial")
-    points = [(t.data.metrics["val_accuracy"], t.data.metrics["latency_ms"]) for t in trials]
+    # the end of the search re-timed the models near the front (search.retime): the front follows those latencies
+    points = [(t.data.metrics["val_accuracy"], t.data.metrics.get("latency_retimed_ms", t.data.metrics["latency_ms"]))
+              for t in trials]
     expected = {int(trials[i].data.tags["autoprune.trial_number"]) for i in non_dominated(points, ["maximize", "minimize"])}
     tagged = {int(t.data.tags["autoprune.trial_number"]) for t in trials if t.data.tags["autoprune.pareto"] == "true"}
     assert tagged == expected == {c.trial for c in second.report.front}
@@ -81,6 +84,23 @@ def test_pareto_tags_are_exactly_the_non_dominated_set(two_invocations):
             assert 0.0 <= t.data.metrics["test_accuracy"] <= 1.0
     rows = list(csv.DictReader((second.report_files[0]).open()))
     assert [int(r["trial"]) for r in rows] == [-1, *[c.trial for c in second.report.front]]
+
+
+def test_the_end_of_the_search_re_timed_the_front_side_by_side(two_invocations):
+    tmp, first, second = two_invocations
+    study = optuna.load_study(study_name=first.study_name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    retimed = retimed_latencies(study)   # the second invocation's, whole: trials 0-2 came from MLflow
+    assert "baseline" in retimed and {str(c.trial) for c in second.report.front} <= set(retimed)
+    assert second.report.retime["rounds"] == 3 and second.report.retime["models"] == len(retimed)
+    assert {c.trial for c in second.report.front} == front_numbers(study)
+    for c in second.report.front:
+        assert c.latency_ms == pytest.approx(retimed[str(c.trial)])
+    assert second.report.baseline.latency_ms == pytest.approx(retimed["baseline"])
+    rows = (tmp / "out2" / "report" / "retime.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(retimed)
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    parent = client.get_run(second.parent_run_id)
+    assert parent.data.metrics["retime_drift"] > 0 and "retime_flagged" in parent.data.metrics
 
 
 def test_second_invocation_resumes_the_study(two_invocations):

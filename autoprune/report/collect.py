@@ -11,6 +11,7 @@ import optuna
 from autoprune.errors import ConfigError
 from autoprune.search.fidelity import not_promoted
 from autoprune.search.pareto import normalized_hypervolume
+from autoprune.search.retime import corrected_metrics, front_numbers, retime_record, retimed_latencies
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import TRIAL_NUMBER
 
@@ -55,6 +56,7 @@ class ReportData:
     target: str = ""                     # the hardware profile the front was measured on
     n_candidates: int = 0                # multi-fidelity: candidates scored at rung 0 and not promoted
     predictor: dict = field(default_factory=dict)   # search.screen: the latency predictor's error (screen.py)
+    retime: dict = field(default_factory=dict)      # search.retime: what the end-of-search re-timing did (retime.py)
 
     @property
     def others(self) -> list[Candidate]:
@@ -128,6 +130,9 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target
     if m is None:
         raise ConfigError(f"study '{study.study_name}' was not measured on '{target}': set report.target to one of "
                           f"the profiles its search.also_measure listed (or leave it null for {own})")
+    retimed = retimed_latencies(study) if target is None else {}   # search.retime: the own target's only
+    if "baseline" in retimed:
+        m["latency_ms"] = retimed["baseline"]
     baseline = Candidate(-1, m["val_accuracy"], m["latency_ms"], m["latency_p90_ms"], int(m["params"]),
                          int(m["macs"]), int(m["onnx_bytes"]), m.get("test_accuracy"), 1.0, base_run.info.run_id)
     runs = {int(r.data.tags[TRIAL_NUMBER]): r for r in tracker.trial_runs(study.study_name)}
@@ -138,18 +143,20 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target
         a, run = _on_target(t.user_attrs, target), runs.get(t.number)
         if a is None:   # resumed without this target in search.also_measure
             continue
+        if str(t.number) in retimed:
+            a = {**a, "latency_ms": retimed[str(t.number)]}
         candidates.append(Candidate(
             trial=t.number, val_accuracy=a["val_accuracy"], latency_ms=a["latency_ms"],
             latency_p90_ms=a["latency_p90_ms"], params=int(a["params"]), macs=int(a["macs"]),
             onnx_bytes=int(a["onnx_bytes"]),
             test_accuracy=run.data.metrics.get("test_accuracy") if run and target is None else None,
             speedup=baseline.latency_ms / a["latency_ms"], run_id=run.info.run_id if run else None,
-            feasible=all(v <= 0 for v in t.constraints.values()),
+            feasible=corrected_metrics(t, retimed)[1],
             ratios={k: v["ratio"] for k, v in a["plan"]["groups"].items()},
         ))
     objectives = study.metric_names or ["val_accuracy", "latency_ms"]   # studies of before set_metric_names
-    front_numbers = {t.number for t in study.best_trials} if target is None else _non_dominated(candidates, objectives)
-    front = sorted((c for c in candidates if c.trial in front_numbers), key=lambda c: c.latency_ms)
+    on_front = front_numbers(study) if target is None else _non_dominated(candidates, objectives)
+    front = sorted((c for c in candidates if c.trial in on_front), key=lambda c: c.latency_ms)
     hv, points = [], []
     for c in candidates:
         if c.feasible:
@@ -160,4 +167,5 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target
     n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in all_trials)
     predictor = dict(study.user_attrs.get("predictor_error") or {}) if target is None else {}
     return ReportData(study.study_name, baseline, candidates, front, n_failed, hv, fingerprint, max_drop,
-                      target or own, sum(not_promoted(t) for t in all_trials), predictor)
+                      target or own, sum(not_promoted(t) for t in all_trials), predictor,
+                      retime_record(study) if target is None else {})

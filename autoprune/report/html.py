@@ -9,6 +9,7 @@ import json
 from typing import Optional
 
 from autoprune.report.collect import Candidate, ReportData, predictor_summary
+from autoprune.search.retime import retime_summary
 from autoprune.report.plots import Chart
 from autoprune.report.recommend import Z, Recommendation, SplitSizes, gap_is_significant, interval
 
@@ -124,6 +125,8 @@ def render(data: ReportData, title: str, charts: list[Chart], rec: Optional[Reco
                **{f"hw {k}": v for k, v in sorted(data.fingerprint.items())}}
     if data.predictor:   # search.screen
         context["latency predictor (screening)"] = predictor_summary(data.predictor)
+    if data.retime:   # search.retime
+        context["re-timed at the end"] = retime_summary(data.retime)
     ctx = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in context.items())
     figures = {chart.name: f'<h2>{esc(chart.title)}</h2>{chart.svg()}' for chart in charts}
     points = {c.label.lstrip("#"): _info(c, data.baseline) for c in [data.baseline, *data.trials]}

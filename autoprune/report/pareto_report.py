@@ -55,6 +55,7 @@ def write_report(data: ReportData, out_dir: Path, sizes: Optional[SplitSizes] = 
         "hypervolume": data.hypervolume, "fingerprint": data.fingerprint, "n_complete": len(data.trials),
         "n_failed": data.n_failed, "n_candidates": data.n_candidates, "split_sizes": sizes and asdict(sizes),
         "predictor": data.predictor or None,
+        "retime": data.retime or None,
         "recommended": rec and {"trial": rec.model.trial, "reason": rec.reason, "command": rec.command},
     }, indent=2))
     charts = plots.charts(data, rec.model if rec else None, sizes)

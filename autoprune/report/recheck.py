@@ -15,12 +15,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from autoprune.errors import ConfigError
-from autoprune.hw import ExportedModel, get_backend, load_profile
+from autoprune.hw import ExportedModel, Measurer, get_backend, load_profile
 from autoprune.hw.profile import HardwareProfile
 
 TOLERANCE = 0.1
@@ -49,15 +49,16 @@ class Retimed:
 
 
 def recheck(models: Sequence[tuple[str, Path, float]], profile: HardwareProfile, rounds: int = 3, seed: int = 0,
-            tolerance: float = TOLERANCE) -> list[Retimed]:
+            tolerance: float = TOLERANCE, backend: Optional[Measurer] = None) -> list[Retimed]:
     """`models` are (label, ONNX file, latency the search measured in ms); each is timed `rounds` times with
-    the profile's rules, interleaved in shuffled order. Returns one Retimed per model, in the given order."""
+    the profile's rules (by `backend`, default the profile's own), interleaved in shuffled order. Returns one
+    Retimed per model, in the given order."""
     if rounds < 1:
         raise ConfigError(f"report.recheck_rounds={rounds}: use 1 or more rounds (3 is a good start)")
     if profile.runtime == "torch":
         raise ConfigError(f"profile '{profile.name}' times the PyTorch module, not an ONNX file: re-time its front "
                           "with a search on that profile, or recheck an ONNX Runtime / TensorRT profile")
-    backend = get_backend(profile)
+    backend = backend or get_backend(profile)
     times: dict[int, list[float]] = {i: [] for i in range(len(models))}
     order, rng = list(times), random.Random(seed)
     for _ in range(rounds):

@@ -38,6 +38,7 @@ from autoprune.report import ReportData, collect, write_report
 from autoprune.report.collect import record_test_accuracy
 from autoprune.report.recommend import SplitSizes
 from autoprune.search.fidelity import RUNG_ATTR, RungOutcome
+from autoprune.search.retime import front_numbers
 from autoprune.search.loop import (CANDIDATE, COMPLETE, FAILED, INTERRUPTED, LOST, PRUNED, BaseObserver, Budget,
                                    TrialOutcome, one_line)
 from autoprune.search.workers import OWNER_ATTR, Heartbeat
@@ -269,7 +270,8 @@ class ReportObserver(BaseObserver):
 
     def on_search_end(self, study: optuna.Study) -> None:
         self.mlflow.reconcile(study, "end")
-        front = {t.number: t for t in study.best_trials}
+        numbers = front_numbers(study)   # Optuna's best trials, or after search.retime the re-timed front
+        front = {t.number: t for t in study.get_trials(deepcopy=False) if t.number in numbers}
         for run in guarded("listing trial runs", lambda: self.tracker.trial_runs(self.mlflow.study_name)) or []:
             number, run_id = int(run.data.tags[TRIAL_NUMBER]), run.info.run_id
             on_front = number in front

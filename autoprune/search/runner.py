@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from autoprune.search.loop import Budget, Observer, SearchLoop, TrialOutcome
 from autoprune.search.objectives import Objectives
 from autoprune.search.observers import (HeartbeatObserver, MlflowObserver, MlflowProgressObserver, ProgressObserver,
                                           ReportObserver, guarded)
+from autoprune.search.retime import RetimeObserver, retime_summary
 from autoprune.search.screen import LatencyScreen, ScreenedEvaluator, build_screen
 from autoprune.search.searchers import SearcherSettings, make_sampler, searcher_class
 from autoprune.search.study import open_storage, open_study
@@ -100,6 +102,7 @@ class Search:
             self.study.set_user_attr(ATTR, self.fingerprint)
         self.budget = Budget(cfg.search.n_trials, cfg.search.storage, cfg.search.run_name or None)
         self.max_drop = cfg.search.hv_max_drop
+        self.baseline_onnx: Path | None = None   # the deployed baseline, kept once measured
         self.mlflow = MlflowObserver(self.tracker, self.study_name, self.ctx.groups, self.output_dir,
                                      multi_fidelity=cfg.search.fidelity.multi)
 
@@ -143,11 +146,15 @@ class Search:
                                     self.max_drop)
             # search.screen: before the MlflowObserver, which closes the trial runs it tags
             screen = build_screen(cfg.search.screen, ctx, self.objectives, baseline, self.tracker)
+            retime = RetimeObserver(cfg.search.retime, self.objectives, ctx.profile, ctx.backend, self.tracker,
+                                    self.study_name, self.output_dir, self.baseline_onnx, baseline["latency_ms"],
+                                    cfg.seed)
             self._loop(baseline, [HeartbeatObserver(Heartbeat(self.storage, cfg.search.heartbeat_s or 0)),
                                   *([screen] if screen else []),
                                   self.mlflow,
                                   MlflowProgressObserver(self.tracker),
                                   ProgressObserver(baseline, self.budget),
+                                  retime,   # before the report: the front it draws follows the re-timing
                                   report], screen).run()
             assert report.report is not None
             outcome = SearchOutcome(self.tracker.parent_id, report.report, report.files)
@@ -225,6 +232,9 @@ class Search:
             metrics |= measure_targets(ctx.evaluator.also, fp32_source(exported), ctx.evaluator.calibration,
                                        data.val, val, fresh=True)
             (Path(tmp) / "latency.json").write_text(json.dumps(latency.to_dict(), indent=2))
+            self.baseline_onnx = self.output_dir / "baseline" / "model.onnx"   # re-timed at the end (search.retime)
+            self.baseline_onnx.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(exported.onnx_path, self.baseline_onnx)
 
             def log_results(run_id: str) -> bool:
                 self.tracker.log(run_id, metrics=metrics, tags={"autoprune.source": ctx.baseline_origin},
@@ -259,6 +269,8 @@ def print_summary(report: ReportData, tracker_ui: str, report_dir: Path) -> None
     print(format_table(report))
     if report.predictor:   # search.screen
         print(f"latency predictor: {predictor_summary(report.predictor)}")
+    if report.retime:   # search.retime
+        print(f"re-timed: {retime_summary(report.retime)}")
     print()
     print(f"report:    {report_dir / 'report.html'}")
     print(f"MLflow UI: {tracker_ui}   (then open http://127.0.0.1:5000)")

@@ -1,0 +1,216 @@
+"""Re-time the models near the front at the end of a search, side by side, and let the front follow.
+
+During a search each model is timed once, at its own moment. A busy moment (another worker, a backup, a
+browser) makes that one number wrong, and the front and the recommendation follow it: on MiniLM one search
+timed a plan 1.85x slower than it runs (docs/BENCHMARKS.md). At the end of the search (`search.retime`,
+on by default) the baseline and every model that is on the front, or would join it were it 1 + `margin`
+times faster, are timed again: every model once per round, in shuffled order (autoprune.report.recheck). The
+drift (the median ratio of re-timed to search-time latency) puts the new figures back on the search's
+scale, so models that were not re-timed stay comparable: a re-timed model's latency is its median over
+the rounds divided by the drift.
+
+Optuna freezes a finished trial, so the corrected latencies are a study attribute
+(`retimed_latency_ms`: trial number or "baseline" -> ms); `front_numbers` and the report
+(autoprune.report.collect) read them, so the front, the report, the bundle and `pick` use them. The
+trials' own records (Optuna values, MLflow `latency_ms`) keep what the search measured; MLflow trial runs
+get `latency_retimed_ms` beside it. A `search.constraints.max_latency_ms` bound is re-checked with the
+corrected latency.
+
+Profiles that time the PyTorch module (`runtime: torch`) are not re-timed: the models would have to be
+rebuilt from their weights (left for later; the log says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+
+import optuna
+
+from autoprune.config import RetimeConfig
+from autoprune.hw import Measurer
+from autoprune.hw.profile import HardwareProfile
+from autoprune.search.loop import BaseObserver
+from autoprune.search.objectives import DIRECTIONS, Objectives
+from autoprune.track import Tracker
+
+if TYPE_CHECKING:
+    from autoprune.report.recheck import Retimed
+
+log = logging.getLogger("autoprune")
+RETIMED_ATTR = "retimed_latency_ms"    # a study user attribute: {trial number as text or "baseline": ms}
+SUMMARY_ATTR = "retime"                # a study user attribute: what the last re-timing did (data, for the report)
+LATENCY = "latency_ms"
+BOUND = "max_latency_ms"
+
+
+def retimed_latencies(study: optuna.Study) -> dict[str, float]:
+    """The corrected latencies recorded by the last re-timing, by trial number (as text) or 'baseline'."""
+    stored = study.user_attrs.get(RETIMED_ATTR)
+    return {str(k): float(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
+
+
+def corrected_metrics(trial: optuna.trial.FrozenTrial, retimed: Mapping[str, float]) -> tuple[dict, bool]:
+    """A complete trial's metrics with its corrected latency, and whether it meets every constraint then."""
+    metrics = dict(trial.user_attrs)
+    constraints = dict(trial.constraints)
+    fixed = retimed.get(str(trial.number))
+    if fixed is not None and LATENCY in metrics:
+        if BOUND in constraints:   # latency - bound: moves with the latency
+            constraints[BOUND] += fixed - float(metrics[LATENCY])
+        metrics[LATENCY] = fixed
+    return metrics, all(v <= 0 for v in constraints.values())
+
+
+def _cost(metrics: Mapping[str, float], objectives: Sequence[str], faster: float = 1.0) -> list[float]:
+    """Objectives as costs (lower is better); `faster` divides the latency (a what-if for `near_front`)."""
+    return [(-1.0 if DIRECTIONS[o] == "maximize" else 1.0) * float(metrics[o]) / (faster if o == LATENCY else 1.0)
+            for o in objectives]
+
+
+def _dominates(b: Sequence[float], a: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(b, a)) and list(b) != list(a)
+
+
+def _feasible_points(study: optuna.Study, objectives: Sequence[str]) -> dict[int, dict]:
+    retimed = retimed_latencies(study)
+    points = {}
+    for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
+        metrics, feasible = corrected_metrics(t, retimed)
+        if feasible and all(o in metrics for o in objectives):
+            points[t.number] = metrics
+    return points
+
+
+def front_numbers(study: optuna.Study) -> set[int]:
+    """The trial numbers of the front: Optuna's `best_trials`, or, once the end of the search re-timed
+    models, the non-dominated feasible trials with their corrected latencies."""
+    if not any(k != "baseline" for k in retimed_latencies(study)):
+        return {t.number for t in study.best_trials}
+    objectives = study.metric_names or ["val_accuracy", LATENCY]
+    cost = {n: _cost(m, objectives) for n, m in _feasible_points(study, objectives).items()}
+    return {n for n, a in cost.items() if not any(_dominates(b, a) for b in cost.values())}
+
+
+def near_front(points: Mapping[int, Mapping[str, float]], objectives: Sequence[str], margin: float) -> list[int]:
+    """Trials that are on the front or would join it were their latency `margin` lower (1 + margin times
+    faster): the ones a mis-timing could have put on it or kept off it."""
+    cost = {n: _cost(m, objectives) for n, m in points.items()}
+    return sorted(n for n, m in points.items()
+                  if not any(_dominates(b, _cost(m, objectives, 1 + margin)) for k, b in cost.items() if k != n))
+
+
+@dataclass(frozen=True)
+class RetimeSummary:
+    rounds: int
+    drift: float
+    models: int
+    flagged: list[str]
+
+    def to_dict(self) -> dict:
+        return {"rounds": self.rounds, "drift": self.drift, "models": self.models, "flagged": list(self.flagged)}
+
+
+def retime_record(study: optuna.Study) -> dict:
+    """What the end-of-search re-timing recorded (RetimeSummary.to_dict()), {} for a study without one."""
+    s = study.user_attrs.get(SUMMARY_ATTR)
+    return dict(s) if isinstance(s, dict) else {}
+
+
+def retime_summary(s: Mapping) -> str:
+    """One line on the end-of-search re-timing ('' when there was none)."""
+    if not s:
+        return ""
+    flagged = ", ".join(map(str, s.get("flagged") or [])) or "none"
+    return (f"{s.get('models', 0)} model(s) near the front re-timed side by side at the end of the search "
+            f"({s.get('rounds', 0)} rounds, machine drift {float(s.get('drift', 1.0)):.3f}x); mis-timed in the "
+            f"search (beyond ±10 % of the drift): {flagged}")
+
+
+class RetimeObserver(BaseObserver):
+    """At the end of the search, before the report: re-time the models near the front (module docstring)."""
+
+    def __init__(self, config: RetimeConfig, objectives: Objectives, profile: HardwareProfile,
+                 backend: Measurer, tracker: Tracker, study_name: str, output_dir: Path,
+                 baseline_onnx: Optional[Path], baseline_ms: float, seed: int = 0):
+        self.config, self.objectives, self.profile, self.backend = config, objectives, profile, backend
+        self.tracker, self.study_name, self.output_dir = tracker, study_name, Path(output_dir)
+        self.baseline_onnx, self.baseline_ms, self.seed = baseline_onnx, baseline_ms, seed
+        self.rows: list[Retimed] = []
+
+    def on_search_end(self, study: optuna.Study) -> None:
+        if not self.config.rounds or LATENCY not in self.objectives.names:
+            return
+        if self.profile.runtime == "torch":
+            log.info("search.retime: profile %s times the PyTorch module; its front is not re-timed",
+                     self.profile.name)
+            return
+        from autoprune.report.recheck import recheck   # the report package reads this module's front
+
+        names = list(self.objectives.names)
+        points = _feasible_points(study, names)
+        picks = near_front(points, names, self.config.margin)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        with tempfile.TemporaryDirectory() as tmp:
+            models = [("baseline", self.baseline_onnx, self.baseline_ms)] if self.baseline_onnx else []
+            for n in picks:
+                onnx = self._onnx_file(trials[n], Path(tmp))
+                if onnx is not None:
+                    models.append((f"#{n}", onnx, float(trials[n].user_attrs[LATENCY])))
+            if len(models) < 2:
+                return
+            log.info("search.retime: re-timing %d model(s) near the front side by side, %d rounds",
+                     len(models), self.config.rounds)
+            self.rows = recheck(models, self.profile, self.config.rounds, self.seed, backend=self.backend)
+        self._record(study)
+
+    def _onnx_file(self, trial: optuna.trial.FrozenTrial, tmp: Path) -> Optional[Path]:
+        """The trial's deployed model: this process's file, else the one its MLflow run holds; None if neither."""
+        own = self.output_dir / "trials" / f"{trial.number:04d}" / "model.onnx"
+        if own.is_file():
+            return own
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            return None
+        try:
+            return self.tracker.download(run_id, "model.onnx", tmp / f"{trial.number:04d}")
+        except Exception as exc:   # MLflow trouble: that model keeps its search-time latency
+            log.warning("search.retime: trial #%d's model not available (%s); not re-timed", trial.number, exc)
+            return None
+
+    def _record(self, study: optuna.Study) -> None:
+        from autoprune.report.recheck import format_recheck, write_recheck
+
+        # one attribute, replaced whole: a later worker's re-timing leaves nothing of an earlier one behind
+        study.set_user_attr(RETIMED_ATTR, {r.label.lstrip("#"): r.retimed_ms / r.drift for r in self.rows})
+        flagged = [r.label for r in self.rows if r.flagged]
+        summary = RetimeSummary(self.config.rounds, self.rows[0].drift, len(self.rows), flagged)
+        study.set_user_attr(SUMMARY_ATTR, summary.to_dict())
+        log.info("%s", format_recheck(self.rows))
+        if flagged:
+            log.warning("search.retime: %s timed more than 10 %% off the machine's drift during the search; the "
+                        "front uses the re-timed latencies", ", ".join(flagged))
+        report_dir = self.output_dir / "report"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        write_recheck(self.rows, report_dir / "retime.csv")
+        self._log_mlflow(study)
+
+    def _log_mlflow(self, study: optuna.Study) -> None:
+        from autoprune.search.observers import guarded   # observers imports the report, which imports this module
+
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for r in self.rows:
+            if r.label == "baseline":
+                continue
+            run_id = trials[int(r.label.lstrip("#"))].user_attrs.get("mlflow_run_id")
+            if run_id:
+                guarded("re-timed latency", lambda: self.tracker.log(
+                    run_id, metrics={"latency_retimed_ms": r.retimed_ms / r.drift}))
+        parent = self.tracker.parent_id
+        if parent:
+            guarded("re-timing summary", lambda: self.tracker.log(
+                parent, metrics={"retime_drift": self.rows[0].drift,
+                                 "retime_flagged": sum(r.flagged for r in self.rows)}))

@@ -1,0 +1,108 @@
+"""The end of a search re-times the models near the front side by side (autoprune.search.retime), and the
+front follows the re-timed latencies; real Optuna (SQLite), ONNX Runtime and MLflow on small models."""
+
+import optuna
+import pytest
+import torch
+
+from autoprune.config import RetimeConfig
+from autoprune.errors import ConfigError
+from autoprune.hw import export_model, get_backend
+from autoprune.hw.profile import HardwareProfile
+from autoprune.search.objectives import Objectives
+from autoprune.search.retime import (RETIMED_ATTR, RetimeObserver, front_numbers, near_front, retime_record,
+                                     retime_summary, retimed_latencies)
+from autoprune.tasks.models import resnet_small
+from autoprune.track import Tracker
+
+FAST = dict(warmup_runs=3, min_repeats=10, max_repeats=300, target_rel_ci=0.05, max_seconds=0.2)
+OBJECTIVES = ["val_accuracy", "latency_ms"]
+
+
+def _study(tmp_path, trials, name="s"):
+    """A real study of complete trials: (val accuracy, latency ms[, constraints])."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name=name,
+                                directions=["maximize", "minimize"])
+    study.set_metric_names(OBJECTIVES)
+    for acc, ms, *constraints in trials:
+        study.add_trial(optuna.trial.create_trial(values=[acc, ms], user_attrs={"val_accuracy": acc, "latency_ms": ms},
+                                                  constraints=constraints[0] if constraints else None))
+    return study
+
+
+def test_near_front_is_the_front_and_what_a_margin_faster_would_join():
+    points = {0: {"val_accuracy": 0.9, "latency_ms": 1.0}, 1: {"val_accuracy": 0.9, "latency_ms": 1.4},
+              2: {"val_accuracy": 0.9, "latency_ms": 1.6}, 3: {"val_accuracy": 0.95, "latency_ms": 2.0},
+              4: {"val_accuracy": 0.8, "latency_ms": 1.8}}
+    assert near_front(points, OBJECTIVES, 0.5) == [0, 1, 3]   # 1.4 / 1.5 < 1.0; 1.6 / 1.5 and 1.8 / 1.5 are not
+    assert near_front(points, OBJECTIVES, 0.0) == [0, 3]      # no margin: the front itself
+
+
+def test_the_front_follows_re_timed_latencies_and_the_latency_bound(tmp_path):
+    study = _study(tmp_path, [(0.95, 1.0), (0.95, 1.2), (0.90, 0.8)])
+    assert front_numbers(study) == {0, 2} == {t.number for t in study.best_trials}
+    study.set_user_attr(RETIMED_ATTR, {"0": 1.5, "1": 1.2, "baseline": 3.0})   # #0 ran slower than the search saw
+    assert front_numbers(study) == {1, 2}
+    assert retimed_latencies(study) == {"0": 1.5, "1": 1.2, "baseline": 3.0}
+
+    bound = _study(tmp_path, [(0.95, 1.0, {"max_latency_ms": 1.0 - 1.1}), (0.90, 0.8, {"max_latency_ms": 0.8 - 1.1})],
+                   name="bound")
+    assert front_numbers(bound) == {0, 1}
+    bound.set_user_attr(RETIMED_ATTR, {"0": 1.3})   # now over search.constraints.max_latency_ms=1.1: infeasible
+    assert front_numbers(bound) == {1}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny and a wide ResNet as a search leaves them: trials/0000, trials/0001 and the baseline."""
+    out = tmp_path_factory.mktemp("retime")
+    torch.manual_seed(0)
+    example = torch.randn(1, 1, 16, 16)
+    for folder, widths in (("trials/0000", (4, 4, 4)), ("trials/0001", (32, 64, 64)), ("baseline", (32, 64, 64))):
+        export_model(resnet_small(widths=widths).eval(), example, out / folder)
+    return out
+
+
+def test_a_model_mis_timed_slow_in_the_search_joins_the_front(models, tmp_path):
+    profile = HardwareProfile("fast", **FAST)
+    backend = get_backend(profile)
+    wide = backend.measure(models / "trials/0001/model.onnx", profile).median_ms
+    # The search timed the tiny model (#0) 5x slower than the wide one (#1) runs, on a busy moment: #1 dominated it.
+    study = _study(tmp_path, [(0.95, 5 * wide), (0.95, wide)])
+    assert front_numbers(study) == {1}
+    observer = RetimeObserver(RetimeConfig(rounds=2, margin=10.0), Objectives(), profile, backend,
+                              Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "retime"), "s", models,
+                              models / "baseline/model.onnx", wide)
+    observer.on_search_end(study)
+    retimed = retimed_latencies(study)
+    assert set(retimed) == {"baseline", "0", "1"}
+    assert retimed["0"] < retimed["1"]   # side by side the tiny model is the faster one
+    assert front_numbers(study) == {0}
+    record = retime_record(study)
+    assert record["rounds"] == 2 and record["models"] == 3 and "#0" in record["flagged"]
+    assert "3 model(s) near the front re-timed" in retime_summary(record) and "#0" in retime_summary(record)
+    lines = (models / "report" / "retime.csv").read_text().splitlines()
+    assert lines[0].startswith("model,search_ms,retimed_ms") and len(lines) == 4
+
+
+def test_nothing_to_re_time(models, tmp_path):
+    profile = HardwareProfile("fast", **FAST)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "retime")
+    study = _study(tmp_path, [(0.95, 1.0)])
+    off = RetimeObserver(RetimeConfig(rounds=0), Objectives(), profile, get_backend(profile), tracker, "s", models,
+                         models / "baseline/model.onnx", 1.0)
+    off.on_search_end(study)   # search.retime.rounds=0
+    params = RetimeObserver(RetimeConfig(), Objectives(("val_accuracy", "params")), profile, get_backend(profile),
+                            tracker, "s", models, models / "baseline/model.onnx", 1.0)
+    params.on_search_end(study)   # latency is not an objective: re-timing cannot move the front
+    torch_profile = HardwareProfile("t", runtime="torch", **FAST)
+    RetimeObserver(RetimeConfig(), Objectives(), torch_profile, get_backend(profile), tracker, "s", models,
+                   models / "baseline/model.onnx", 1.0).on_search_end(study)
+    assert RETIMED_ATTR not in study.user_attrs and retime_record(study) == {} and retime_summary({}) == ""
+
+
+def test_bad_settings_name_the_fix():
+    with pytest.raises(ConfigError, match="search.retime.rounds"):
+        RetimeConfig(rounds=-1)
+    with pytest.raises(ConfigError, match="search.retime.margin"):
+        RetimeConfig(margin=-0.5)
