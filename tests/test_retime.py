@@ -7,13 +7,14 @@ import torch
 
 from autoprune.config import RetimeConfig
 from autoprune.errors import ConfigError
-from autoprune.hw import export_model, get_backend
+from autoprune.hw import ExportedModel, export_model, get_backend
 from autoprune.hw.profile import HardwareProfile
 from autoprune.search.objectives import Objectives
 from autoprune.search.retime import (RETIMED_ATTR, RetimeObserver, front_numbers, near_front, retime_record,
                                      retime_summary, retimed_latencies)
 from autoprune.tasks.models import resnet_small
 from autoprune.track import Tracker
+from autoprune.weights import load_into, load_weights
 
 FAST = dict(warmup_runs=3, min_repeats=10, max_repeats=300, target_rel_ci=0.05, max_seconds=0.2)
 OBJECTIVES = ["val_accuracy", "latency_ms"]
@@ -71,8 +72,8 @@ def test_a_model_mis_timed_slow_in_the_search_joins_the_front(models, tmp_path):
     study = _study(tmp_path, [(0.95, 5 * wide), (0.95, wide)])
     assert front_numbers(study) == {1}
     observer = RetimeObserver(RetimeConfig(rounds=2, margin=10.0), Objectives(), profile, backend,
-                              Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "retime"), "s", models,
-                              models / "baseline/model.onnx", wide)
+                              Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "retime"), models,
+                              ExportedModel(models / "baseline/model.onnx"), wide)
     observer.on_search_end(study)
     retimed = retimed_latencies(study)
     assert set(retimed) == {"baseline", "0", "1"}
@@ -85,19 +86,43 @@ def test_a_model_mis_timed_slow_in_the_search_joins_the_front(models, tmp_path):
     assert lines[0].startswith("model,search_ms,retimed_ms") and len(lines) == 4
 
 
+def test_runtime_torch_re_times_modules_rebuilt_from_the_weights(models, tmp_path):
+    profile = HardwareProfile("t", runtime="torch", **FAST)
+    backend = get_backend(profile)
+    widths = {0: (4, 4, 4), 1: (32, 64, 64)}
+
+    def rebuild(trial, weights):   # what the search passes: the evaluator's weights-only rebuild of the trial's plan
+        return load_into(resnet_small(widths=widths[trial.number]), load_weights(weights), "test").eval()
+
+    baseline = ExportedModel(models / "baseline/model.onnx", module=rebuild(_Trial(1), models / "baseline/model.pt"))
+    wide = backend.measure(baseline, profile).median_ms
+    study = _study(tmp_path, [(0.95, 5 * wide), (0.95, wide)])
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "retime")
+    without = RetimeObserver(RetimeConfig(rounds=2, margin=10.0), Objectives(), profile, backend, tracker, models,
+                             baseline, wide)
+    without.on_search_end(study)   # no way to rebuild the modules: not re-timed
+    assert RETIMED_ATTR not in study.user_attrs
+    RetimeObserver(RetimeConfig(rounds=2, margin=10.0), Objectives(), profile, backend, tracker, models, baseline, wide,
+                   rebuild=rebuild).on_search_end(study)
+    assert set(retimed_latencies(study)) == {"baseline", "0", "1"} and front_numbers(study) == {0}
+
+
+class _Trial:
+    def __init__(self, number):
+        self.number = number
+
+
 def test_nothing_to_re_time(models, tmp_path):
     profile = HardwareProfile("fast", **FAST)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "retime")
     study = _study(tmp_path, [(0.95, 1.0)])
-    off = RetimeObserver(RetimeConfig(rounds=0), Objectives(), profile, get_backend(profile), tracker, "s", models,
-                         models / "baseline/model.onnx", 1.0)
+    baseline = ExportedModel(models / "baseline/model.onnx")
+    off = RetimeObserver(RetimeConfig(rounds=0), Objectives(), profile, get_backend(profile), tracker, models,
+                         baseline, 1.0)
     off.on_search_end(study)   # search.retime.rounds=0
     params = RetimeObserver(RetimeConfig(), Objectives(("val_accuracy", "params")), profile, get_backend(profile),
-                            tracker, "s", models, models / "baseline/model.onnx", 1.0)
+                            tracker, models, baseline, 1.0)
     params.on_search_end(study)   # latency is not an objective: re-timing cannot move the front
-    torch_profile = HardwareProfile("t", runtime="torch", **FAST)
-    RetimeObserver(RetimeConfig(), Objectives(), torch_profile, get_backend(profile), tracker, "s", models,
-                   models / "baseline/model.onnx", 1.0).on_search_end(study)
     assert RETIMED_ATTR not in study.user_attrs and retime_record(study) == {} and retime_summary({}) == ""
 
 
@@ -106,3 +131,18 @@ def test_bad_settings_name_the_fix():
         RetimeConfig(rounds=-1)
     with pytest.raises(ConfigError, match="search.retime.margin"):
         RetimeConfig(margin=-0.5)
+
+
+def test_a_search_on_runtime_torch_re_times_its_front(make_cfg, tmp_path):
+    """A whole search timing PyTorch modules (runtime torch, on this CPU, fp16 as cuda-torch deploys): the end
+    of the search rebuilds the models near the front from their weights and re-times them."""
+    from autoprune.cli import run
+
+    hw = tmp_path / "cpu-torch-fp16.yaml"
+    hw.write_text("runtime: torch\ndevice: cpu\nprecision: fp16\nthreads: 1\nwarmup_runs: 3\nmin_repeats: 10\n"
+                  "max_repeats: 200\ntarget_rel_ci: 0.05\nmax_seconds: 0.2\nround_to: 4\n")
+    outcome = run(make_cfg(f"hw={hw}", "search.n_trials=3", "search.retime.rounds=2"), tmp_path / "out")
+    study = optuna.load_study(study_name=outcome.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    retimed = retimed_latencies(study)
+    assert "baseline" in retimed and {str(c.trial) for c in outcome.report.front} <= set(retimed)
+    assert outcome.report.retime["rounds"] == 2 and {c.trial for c in outcome.report.front} == front_numbers(study)

@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from autoprune.errors import ConfigError
-from autoprune.hw import ExportedModel, Measurer, get_backend, load_profile
+from autoprune.hw import Measurer, get_backend, load_profile
+from autoprune.hw.export import ModelFiles, as_exported
 from autoprune.hw.profile import HardwareProfile
 
 TOLERANCE = 0.1
@@ -48,14 +49,15 @@ class Retimed:
         return abs(self.off_by) > self.tolerance
 
 
-def recheck(models: Sequence[tuple[str, Path, float]], profile: HardwareProfile, rounds: int = 3, seed: int = 0,
+def recheck(models: Sequence[tuple[str, ModelFiles, float]], profile: HardwareProfile, rounds: int = 3, seed: int = 0,
             tolerance: float = TOLERANCE, backend: Optional[Measurer] = None) -> list[Retimed]:
-    """`models` are (label, ONNX file, latency the search measured in ms); each is timed `rounds` times with
-    the profile's rules (by `backend`, default the profile's own), interleaved in shuffled order. Returns one
+    """`models` are (label, ONNX file or ExportedModel, latency the search measured in ms); each is timed
+    `rounds` times with the profile's rules (by `backend`, default the profile's own), interleaved in shuffled
+    order. Runtime torch times modules: every model must be an ExportedModel with its module. Returns one
     Retimed per model, in the given order."""
     if rounds < 1:
         raise ConfigError(f"report.recheck_rounds={rounds}: use 1 or more rounds (3 is a good start)")
-    if profile.runtime == "torch":
+    if profile.runtime == "torch" and any(as_exported(m).module is None for _, m, _ in models):
         raise ConfigError(f"profile '{profile.name}' times the PyTorch module, not an ONNX file: re-time its front "
                           "with a search on that profile, or recheck an ONNX Runtime / TensorRT profile")
     backend = backend or get_backend(profile)
@@ -64,7 +66,7 @@ def recheck(models: Sequence[tuple[str, Path, float]], profile: HardwareProfile,
     for _ in range(rounds):
         rng.shuffle(order)
         for i in order:
-            times[i].append(backend.measure(ExportedModel(models[i][1]), profile, fresh=True).median_ms)
+            times[i].append(backend.measure(as_exported(models[i][1]), profile, fresh=True).median_ms)
     retimed = [float(np.median(times[i])) for i in range(len(models))]
     drift = float(np.median([r / ms for r, (_, _, ms) in zip(retimed, models)])) if models else 1.0
     return [Retimed(label, ms, r, drift, tolerance) for r, (label, _, ms) in zip(retimed, models)]

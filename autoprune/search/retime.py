@@ -16,8 +16,8 @@ trials' own records (Optuna values, MLflow `latency_ms`) keep what the search me
 get `latency_retimed_ms` beside it. A `search.constraints.max_latency_ms` bound is re-checked with the
 corrected latency.
 
-Profiles that time the PyTorch module (`runtime: torch`) are not re-timed: the models would have to be
-rebuilt from their weights (left for later; the log says so).
+Profiles that time the PyTorch module (`runtime: torch`, e.g. the GPU's `cuda-torch`) re-time modules
+rebuilt from the trials' weights (weights-only, as `pick` and the report do).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import optuna
+from torch import nn
 
 from autoprune.config import RetimeConfig
-from autoprune.hw import Measurer
+from autoprune.hw import ExportedModel, Measurer
 from autoprune.hw.profile import HardwareProfile
 from autoprune.search.loop import BaseObserver
 from autoprune.search.objectives import DIRECTIONS, Objectives
@@ -130,36 +131,40 @@ def retime_summary(s: Mapping) -> str:
             f"search (beyond ±10 % of the drift): {flagged}")
 
 
+Rebuild = Callable[[optuna.trial.FrozenTrial, Path], nn.Module]   # a trial's module from its weights file
+
+
 class RetimeObserver(BaseObserver):
-    """At the end of the search, before the report: re-time the models near the front (module docstring)."""
+    """At the end of the search, before the report: re-time the models near the front (module docstring).
+    `baseline` is the deployed baseline (with its module for runtime torch); `rebuild` gives a trial's
+    module from its weights, which runtime torch times (None: such profiles are not re-timed)."""
 
     def __init__(self, config: RetimeConfig, objectives: Objectives, profile: HardwareProfile,
-                 backend: Measurer, tracker: Tracker, study_name: str, output_dir: Path,
-                 baseline_onnx: Optional[Path], baseline_ms: float, seed: int = 0):
+                 backend: Measurer, tracker: Tracker, output_dir: Path, baseline: Optional[ExportedModel],
+                 baseline_ms: float, seed: int = 0, rebuild: Optional[Rebuild] = None):
         self.config, self.objectives, self.profile, self.backend = config, objectives, profile, backend
-        self.tracker, self.study_name, self.output_dir = tracker, study_name, Path(output_dir)
-        self.baseline_onnx, self.baseline_ms, self.seed = baseline_onnx, baseline_ms, seed
+        self.tracker, self.output_dir = tracker, Path(output_dir)
+        self.baseline, self.baseline_ms, self.seed, self.rebuild = baseline, baseline_ms, seed, rebuild
         self.rows: list[Retimed] = []
 
     def on_search_end(self, study: optuna.Study) -> None:
         if not self.config.rounds or LATENCY not in self.objectives.names:
             return
-        if self.profile.runtime == "torch":
-            log.info("search.retime: profile %s times the PyTorch module; its front is not re-timed",
-                     self.profile.name)
+        if self.profile.runtime == "torch" and self.rebuild is None:
+            log.info("search.retime: profile %s times the PyTorch module and no rebuild was given; its front is "
+                     "not re-timed", self.profile.name)
             return
         from autoprune.report.recheck import recheck   # the report package reads this module's front
 
         names = list(self.objectives.names)
-        points = _feasible_points(study, names)
-        picks = near_front(points, names, self.config.margin)
+        picks = near_front(_feasible_points(study, names), names, self.config.margin)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         with tempfile.TemporaryDirectory() as tmp:
-            models = [("baseline", self.baseline_onnx, self.baseline_ms)] if self.baseline_onnx else []
+            models = [("baseline", self.baseline, self.baseline_ms)] if self.baseline else []
             for n in picks:
-                onnx = self._onnx_file(trials[n], Path(tmp))
-                if onnx is not None:
-                    models.append((f"#{n}", onnx, float(trials[n].user_attrs[LATENCY])))
+                model = self._model(trials[n], Path(tmp))
+                if model is not None:
+                    models.append((f"#{n}", model, float(trials[n].user_attrs[LATENCY])))
             if len(models) < 2:
                 return
             log.info("search.retime: re-timing %d model(s) near the front side by side, %d rounds",
@@ -167,18 +172,28 @@ class RetimeObserver(BaseObserver):
             self.rows = recheck(models, self.profile, self.config.rounds, self.seed, backend=self.backend)
         self._record(study)
 
-    def _onnx_file(self, trial: optuna.trial.FrozenTrial, tmp: Path) -> Optional[Path]:
-        """The trial's deployed model: this process's file, else the one its MLflow run holds; None if neither."""
-        own = self.output_dir / "trials" / f"{trial.number:04d}" / "model.onnx"
+    def _model(self, trial: optuna.trial.FrozenTrial, tmp: Path) -> Optional[ExportedModel]:
+        """The trial's deployed model as the profile times it (runtime torch: with its rebuilt module)."""
+        onnx = self._file(trial, "model.onnx", tmp)
+        if onnx is None or self.profile.runtime != "torch":
+            return None if onnx is None else ExportedModel(onnx)
+        weights = self._file(trial, "model.pt", tmp)
+        if weights is None or self.rebuild is None:
+            return None
+        return ExportedModel(onnx, module=self.rebuild(trial, weights))   # weights-only, never unpickled
+
+    def _file(self, trial: optuna.trial.FrozenTrial, name: str, tmp: Path) -> Optional[Path]:
+        """A file of the trial: this process's own, else its MLflow run's; None if neither has it."""
+        own = self.output_dir / "trials" / f"{trial.number:04d}" / name
         if own.is_file():
             return own
         run_id = trial.user_attrs.get("mlflow_run_id")
         if not run_id:
             return None
         try:
-            return self.tracker.download(run_id, "model.onnx", tmp / f"{trial.number:04d}")
+            return self.tracker.download(run_id, name, tmp / f"{trial.number:04d}")
         except Exception as exc:   # MLflow trouble: that model keeps its search-time latency
-            log.warning("search.retime: trial #%d's model not available (%s); not re-timed", trial.number, exc)
+            log.warning("search.retime: trial #%d's %s not available (%s); not re-timed", trial.number, name, exc)
             return None
 
     def _record(self, study: optuna.Study) -> None:

@@ -19,9 +19,10 @@ import torch_pruning as tp
 from autoprune.baseline import near_chance
 from autoprune.config import AppConfig
 from autoprune.context import SearchContext, check_inputs, finish_context
-from autoprune.hw import LatencyStats, export_model, load_profile
+from autoprune.hw import ExportedModel, LatencyStats, export_model, load_profile
 from autoprune.hw.artifact import fp32_source
 from autoprune.hw.predictor import LatencyTable
+from autoprune.plan import PrunePlan
 from autoprune.recover import evaluate
 from autoprune.report import ReportData, format_table
 from autoprune.report.collect import predictor_summary
@@ -147,8 +148,9 @@ class Search:
             # search.screen: before the MlflowObserver, which closes the trial runs it tags
             screen = build_screen(cfg.search.screen, ctx, self.objectives, baseline, self.tracker)
             retime = RetimeObserver(cfg.search.retime, self.objectives, ctx.profile, ctx.backend, self.tracker,
-                                    self.study_name, self.output_dir, self.baseline_onnx, baseline["latency_ms"],
-                                    cfg.seed)
+                                    self.output_dir, self._deployed_baseline(), baseline["latency_ms"], cfg.seed,
+                                    lambda trial, weights: ctx.evaluator.rebuild(
+                                        PrunePlan.from_dict(trial.user_attrs["plan"]), weights))
             self._loop(baseline, [HeartbeatObserver(Heartbeat(self.storage, cfg.search.heartbeat_s or 0)),
                                   *([screen] if screen else []),
                                   self.mlflow,
@@ -246,6 +248,13 @@ class Search:
         self.mlflow.close_run(run_id, "FINISHED" if logged else "FAILED",
                               {} if logged else {"autoprune.logging_error": "baseline results incomplete"})
         return metrics, latency, n_params
+
+    def _deployed_baseline(self) -> ExportedModel | None:
+        """The baseline as measured (its deployed ONNX file kept by _score_baseline, and the module for runtime
+        torch), for the end-of-search re-timing."""
+        if self.baseline_onnx is None:
+            return None
+        return ExportedModel(self.baseline_onnx, module=self.ctx.baseline)
 
     def _close_orphans(self) -> None:
         """What a killed process of this host left RUNNING: its trials are failed and retried
