@@ -141,3 +141,13 @@ def test_contention_script_runs(tmp_path):
     rows = {line[:16].strip(): line.split()[-3:] for line in result.stdout.splitlines()[-3:]}
     assert set(rows) == {"quiet", "trainer", "trainer, locked"}
     assert rows["quiet"][1] == "1.000x" and float(rows["trainer"][2]) > 0 < float(rows["trainer, locked"][2])
+
+
+@pytest.mark.slow
+def test_retime_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "retime.py"), "--trials", "3", "--rounds", "1", "--period", "1",
+         "--workdir", str(tmp_path), "--override", *FAST, "search.warm_start=[0.25,0.5,0.75]"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "measured in the search" in result.stdout and "re-timed (search.retime)" in result.stdout

@@ -38,9 +38,9 @@ from autoprune.report import ReportData, collect, write_report
 from autoprune.report.collect import record_test_accuracy
 from autoprune.report.recommend import SplitSizes
 from autoprune.search.fidelity import RUNG_ATTR, RungOutcome
-from autoprune.search.retime import front_numbers
 from autoprune.search.loop import (CANDIDATE, COMPLETE, FAILED, INTERRUPTED, LOST, PRUNED, BaseObserver, Budget,
                                    TrialOutcome, one_line)
+from autoprune.search.retime import front_numbers
 from autoprune.search.workers import OWNER_ATTR, Heartbeat
 from autoprune.tasks import DataSplits
 from autoprune.track import Tracker
