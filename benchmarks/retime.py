@@ -32,7 +32,7 @@ from autoprune.cli import _quiet_libraries, run
 from autoprune.hw import ExportedModel, get_backend, load_profile
 from autoprune.resources import resource_dir
 from autoprune.search.pareto import normalized_hypervolume
-from autoprune.search.retime import front_numbers, retimed_latencies
+from autoprune.search.retime import front_numbers, retime_summary, retimed_latencies
 from autoprune.track import Tracker
 
 
@@ -125,7 +125,7 @@ def main() -> None:
     }
     print(f"\n{len(complete)} trials in {wall:.0f} s (disturber: {args.duty:.0%} of every {args.period:g} s on core "
           f"{args.core}); truth: {args.rounds} rounds side by side, baseline {base_true:.3f} ms; true front "
-          f"{sorted(truth)}; re-timed at the end: {outcome.report.retime or 'nothing'}")
+          f"{sorted(truth)}\nre-timed at the end: {retime_summary(outcome.report.retime) or 'nothing'}")
     print(f"{'front':<26} {'models':>6} {'on true front':>14} {'missed':>7} {'HV (true ms)':>13} "
           f"{'max speedup error':>18}")
     for name, (front, reported, base) in fronts.items():
