@@ -31,7 +31,7 @@ from hydra import compose, initialize_config_dir
 from autoprune.cli import _quiet_libraries, run
 from autoprune.hw import ExportedModel, get_backend, load_profile
 from autoprune.resources import resource_dir
-from autoprune.search.pareto import normalized_hypervolume
+from autoprune.search.pareto import non_dominated, normalized_hypervolume
 from autoprune.search.retime import front_numbers, retime_summary, retimed_latencies
 from autoprune.track import Tracker
 
@@ -46,12 +46,6 @@ def disturb(core: int, duty: float, period: float, stop) -> None:
                 pass
         else:
             time.sleep(0.02)
-
-
-def non_dominated(points: dict[int, tuple[float, float]]) -> set[int]:
-    """(val accuracy, latency) points: the numbers no other point dominates."""
-    return {n for n, (a, ms) in points.items()
-            if not any(b >= a and m <= ms and (b, m) != (a, ms) for b, m in points.values())}
 
 
 def hv(points: list[tuple[float, float]], base_accuracy: float) -> float:
@@ -113,7 +107,8 @@ def main() -> None:
     base_true = true_ms.pop(-1)
     accuracy = {n: float(t.user_attrs["val_accuracy"]) for n, t in complete.items()}
     base_val = outcome.report.baseline.val_accuracy
-    truth = non_dominated({n: (accuracy[n], true_ms[n]) for n in complete})
+    truth = non_dominated({n: {"val_accuracy": accuracy[n], "latency_ms": true_ms[n]} for n in complete},
+                          ["val_accuracy", "latency_ms"])
 
     search_front = {t.number for t in study.best_trials}
     fronts = {

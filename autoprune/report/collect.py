@@ -10,7 +10,7 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.search.fidelity import not_promoted
-from autoprune.search.pareto import normalized_hypervolume
+from autoprune.search.pareto import non_dominated, normalized_hypervolume
 from autoprune.search.retime import corrected_metrics, front_numbers, retime_record, retimed_latencies
 from autoprune.track import Tracker
 from autoprune.track.mlflow_tracker import TRIAL_NUMBER
@@ -110,16 +110,6 @@ def _on_target(metrics: dict, target: Optional[str]) -> Optional[dict]:
     return view
 
 
-def _non_dominated(cands: list[Candidate], objectives: list[str]) -> set[int]:
-    """Trial numbers of the feasible candidates no other feasible candidate dominates."""
-    from autoprune.search.objectives import DIRECTIONS
-
-    signs = [-1.0 if DIRECTIONS.get(o) == "maximize" else 1.0 for o in objectives]
-    cost = {c.trial: [s * c.metrics()[o] for s, o in zip(signs, objectives)] for c in cands if c.feasible}
-    return {n for n, a in cost.items()
-            if not any(all(x <= y for x, y in zip(b, a)) and b != a for b in cost.values())}
-
-
 def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target: Optional[str] = None) -> ReportData:
     """The report of `study`; `target` (a profile of its search.also_measure) draws the front measured on
     that profile instead of the search's own (None or the search's own profile name)."""
@@ -155,7 +145,8 @@ def collect(study: optuna.Study, tracker: Tracker, max_drop: float = 0.1, target
             ratios={k: v["ratio"] for k, v in a["plan"]["groups"].items()},
         ))
     objectives = study.metric_names or ["val_accuracy", "latency_ms"]   # studies of before set_metric_names
-    on_front = front_numbers(study) if target is None else _non_dominated(candidates, objectives)
+    on_front = front_numbers(study) if target is None else \
+        non_dominated({c.trial: c.metrics() for c in candidates if c.feasible}, objectives)
     front = sorted((c for c in candidates if c.trial in on_front), key=lambda c: c.latency_ms)
     hv, points = [], []
     for c in candidates:

@@ -39,6 +39,13 @@ def losses(metrics: Mapping[str, float], objectives: Sequence[str], baseline: Ma
     return out
 
 
+def non_dominated(points: Mapping[int, Mapping[str, float]], objectives: Sequence[str]) -> set[int]:
+    """The keys of `points` (metric name -> value each) that no other point dominates in `objectives`."""
+    signs = [-1.0 if DIRECTIONS[o] == "maximize" else 1.0 for o in objectives]
+    cost = {n: [s * float(m[o]) for s, o in zip(signs, objectives)] for n, m in points.items()}
+    return {n for n, a in cost.items() if not any(all(x <= y for x, y in zip(b, a)) and b != a for b in cost.values())}
+
+
 def normalized_hypervolume(trials: Sequence[Mapping[str, float]], objectives: Sequence[str],
                            baseline: Mapping[str, float], max_drop: float = 0.1) -> float:
     """Hypervolume in [0, 1] of `trials` (each a mapping metric -> value, feasible ones only) for

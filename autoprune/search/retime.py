@@ -35,7 +35,8 @@ from autoprune.config import RetimeConfig
 from autoprune.hw import ExportedModel, Measurer
 from autoprune.hw.profile import HardwareProfile
 from autoprune.search.loop import BaseObserver
-from autoprune.search.objectives import DIRECTIONS, Objectives
+from autoprune.search.objectives import Objectives
+from autoprune.search.pareto import non_dominated
 from autoprune.track import Tracker
 
 if TYPE_CHECKING:
@@ -66,16 +67,6 @@ def corrected_metrics(trial: optuna.trial.FrozenTrial, retimed: Mapping[str, flo
     return metrics, all(v <= 0 for v in constraints.values())
 
 
-def _cost(metrics: Mapping[str, float], objectives: Sequence[str], faster: float = 1.0) -> list[float]:
-    """Objectives as costs (lower is better); `faster` divides the latency (a what-if for `near_front`)."""
-    return [(-1.0 if DIRECTIONS[o] == "maximize" else 1.0) * float(metrics[o]) / (faster if o == LATENCY else 1.0)
-            for o in objectives]
-
-
-def _dominates(b: Sequence[float], a: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(b, a)) and list(b) != list(a)
-
-
 def _feasible_points(study: optuna.Study, objectives: Sequence[str]) -> dict[int, dict]:
     retimed = retimed_latencies(study)
     points = {}
@@ -92,16 +83,17 @@ def front_numbers(study: optuna.Study) -> set[int]:
     if not any(k != "baseline" for k in retimed_latencies(study)):
         return {t.number for t in study.best_trials}
     objectives = study.metric_names or ["val_accuracy", LATENCY]
-    cost = {n: _cost(m, objectives) for n, m in _feasible_points(study, objectives).items()}
-    return {n for n, a in cost.items() if not any(_dominates(b, a) for b in cost.values())}
+    return non_dominated(_feasible_points(study, objectives), objectives)
 
 
 def near_front(points: Mapping[int, Mapping[str, float]], objectives: Sequence[str], margin: float) -> list[int]:
     """Trials that are on the front or would join it were their latency `margin` lower (1 + margin times
     faster): the ones a mis-timing could have put on it or kept off it."""
-    cost = {n: _cost(m, objectives) for n, m in points.items()}
+    def faster(metrics: Mapping[str, float]) -> dict:
+        return {**metrics, LATENCY: float(metrics[LATENCY]) / (1 + margin)} if LATENCY in metrics else dict(metrics)
+
     return sorted(n for n, m in points.items()
-                  if not any(_dominates(b, _cost(m, objectives, 1 + margin)) for k, b in cost.items() if k != n))
+                  if n in non_dominated({**{k: v for k, v in points.items() if k != n}, n: faster(m)}, objectives))
 
 
 @dataclass(frozen=True)
