@@ -126,6 +126,92 @@ def test_nothing_to_re_time(models, tmp_path):
     assert RETIMED_ATTR not in study.user_attrs and retime_record(study) == {} and retime_summary({}) == ""
 
 
+def _outdir(models, tmp_path, *trials):
+    """An output dir as a search leaves it, trials/000N holding the given models of the fixture ('tiny' or
+    'wide', or 'broken': a file ONNX Runtime cannot load)."""
+    import shutil
+    out = tmp_path / "out"
+    for n, kind in enumerate(trials):
+        folder = out / "trials" / f"{n:04d}"
+        folder.mkdir(parents=True)
+        if kind == "broken":
+            (folder / "model.onnx").write_bytes(b"not an onnx file")
+        else:
+            shutil.copy(models / ("trials/0000" if kind == "tiny" else "trials/0001") / "model.onnx", folder)
+    return out
+
+
+def _observer(out, models, tmp_path, wide, rounds=2, margin=0.5):
+    profile = HardwareProfile("fast", **FAST)
+    return RetimeObserver(RetimeConfig(rounds=rounds, margin=margin), Objectives(), profile, get_backend(profile),
+                          Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "retime"), out,
+                          ExportedModel(models / "baseline/model.onnx"), wide)
+
+
+def _wide_ms(models):
+    profile = HardwareProfile("fast", **FAST)
+    return get_backend(profile).measure(models / "trials/0001/model.onnx", profile).median_ms
+
+
+def test_a_model_that_joins_the_corrected_front_is_re_timed_too(models, tmp_path):
+    """#0 (wide) was timed 10x too fast and dominated #1 (tiny) so clearly that #1 was not near the front; once
+    #0 is corrected, #1 is on the front with a search-time latency: a second pass re-times it."""
+    wide = _wide_ms(models)
+    out = _outdir(models, tmp_path, "wide", "tiny", "wide")
+    study = _study(tmp_path, [(0.95, 0.1 * wide), (0.95, 0.5 * wide), (0.99, wide)])
+    assert near_front({t.number: t.user_attrs for t in study.trials}, OBJECTIVES, 0.5) == [0, 2]
+    _observer(out, models, tmp_path, wide).on_search_end(study)
+    retimed = retimed_latencies(study)
+    assert set(retimed) == {"baseline", "0", "1", "2"}
+    assert retimed["1"] < retimed["0"] and front_numbers(study) == {1, 2}
+    assert retime_record(study)["models"] == 4
+
+
+def test_an_earlier_correction_is_kept_by_re_timing_it_again(models, tmp_path):
+    """An earlier invocation found #0 (wide, timed 100x too fast in the search) slow. Were its correction
+    dropped, its search-time latency would put it back on the front; it is re-timed again instead."""
+    wide = _wide_ms(models)
+    out = _outdir(models, tmp_path, "wide", "tiny")
+    study = _study(tmp_path, [(0.95, 0.01 * wide), (0.95, 0.5 * wide)])
+    study.set_user_attr(RETIMED_ATTR, {"0": wide, "baseline": wide})
+    assert front_numbers(study) == {1}
+    _observer(out, models, tmp_path, wide).on_search_end(study)
+    assert set(retimed_latencies(study)) == {"baseline", "0", "1"} and front_numbers(study) == {1}
+
+
+def test_a_model_timed_over_the_latency_bound_in_a_busy_moment_is_re_timed(models, tmp_path):
+    """Timed at 1.3x the bound, #0 (tiny) was infeasible; 1.5x faster it would meet the bound, so it is
+    re-timed, and side by side it does."""
+    wide = _wide_ms(models)
+    out = _outdir(models, tmp_path, "tiny", "wide")
+    study = _study(tmp_path, [(0.95, 1.3 * wide, {"max_latency_ms": 0.3 * wide}),
+                              (0.95, wide, {"max_latency_ms": 0.0})])
+    assert front_numbers(study) == {1}
+    _observer(out, models, tmp_path, wide).on_search_end(study)
+    assert "0" in retimed_latencies(study) and front_numbers(study) == {0}
+
+
+def test_a_failed_re_timing_warns_and_leaves_the_search_time_front(models, tmp_path, caplog):
+    wide = _wide_ms(models)
+    out = _outdir(models, tmp_path, "broken", "wide")
+    study = _study(tmp_path, [(0.95, 0.5 * wide), (0.99, wide)])
+    study.set_user_attr(RETIMED_ATTR, {"0": 9 * wide, "1": wide, "baseline": wide})   # an earlier invocation's
+    with caplog.at_level("WARNING", logger="autoprune"):
+        _observer(out, models, tmp_path, wide).on_search_end(study)
+    assert "search.retime failed" in caplog.text and "keeps the latencies measured during the search" in caplog.text
+    assert retimed_latencies(study) == {} and retime_record(study) == {}
+    assert front_numbers(study) == {0, 1} == {t.number for t in study.best_trials}
+
+
+def test_turning_re_timing_off_on_a_resumed_study_clears_the_earlier_one(models, tmp_path):
+    wide = _wide_ms(models)
+    study = _study(tmp_path, [(0.95, 0.5 * wide), (0.99, wide)])
+    study.set_user_attr(RETIMED_ATTR, {"0": 9 * wide, "baseline": wide})
+    assert front_numbers(study) == {1}
+    _observer(_outdir(models, tmp_path, "tiny", "wide"), models, tmp_path, wide, rounds=0).on_search_end(study)
+    assert retimed_latencies(study) == {} and front_numbers(study) == {0, 1}
+
+
 def test_bad_settings_name_the_fix():
     with pytest.raises(ConfigError, match="search.retime.rounds"):
         RetimeConfig(rounds=-1)

@@ -7,7 +7,11 @@ on by default) the baseline and every model that is on the front, or would join 
 times faster, are timed again: every model once per round, in shuffled order (autoprune.report.recheck). The
 drift (the median ratio of re-timed to search-time latency) puts the new figures back on the search's
 scale, so models that were not re-timed stay comparable: a re-timed model's latency is its median over
-the rounds divided by the drift.
+the rounds divided by the drift. Should the corrected front then hold a model that was not re-timed (one a
+re-timed model used to dominate), the pass is repeated with it. A model that an earlier invocation
+corrected is re-timed again (its correction is kept that way), as is one that broke only `max_latency_ms`
+and would meet it were it 1 + `margin` times faster. If re-timing fails, a warning says why and the
+front keeps the search-time latencies.
 
 Optuna freezes a finished trial, so the corrected latencies are a study attribute
 (`retimed_latency_ms`: trial number or "baseline" -> ms); `front_numbers` and the report
@@ -47,6 +51,7 @@ RETIMED_ATTR = "retimed_latency_ms"    # a study user attribute: {trial number a
 SUMMARY_ATTR = "retime"                # a study user attribute: what the last re-timing did (data, for the report)
 LATENCY = "latency_ms"
 BOUND = "max_latency_ms"
+MAX_PASSES = 3                         # re-timings of one search end (one, unless the corrected front grows)
 
 
 def retimed_latencies(study: optuna.Study) -> dict[str, float]:
@@ -55,8 +60,8 @@ def retimed_latencies(study: optuna.Study) -> dict[str, float]:
     return {str(k): float(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
 
 
-def corrected_metrics(trial: optuna.trial.FrozenTrial, retimed: Mapping[str, float]) -> tuple[dict, bool]:
-    """A complete trial's metrics with its corrected latency, and whether it meets every constraint then."""
+def _corrected(trial: optuna.trial.FrozenTrial, retimed: Mapping[str, float]) -> tuple[dict, dict]:
+    """A complete trial's metrics and constraint values with its corrected latency."""
     metrics = dict(trial.user_attrs)
     constraints = dict(trial.constraints)
     fixed = retimed.get(str(trial.number))
@@ -64,17 +69,32 @@ def corrected_metrics(trial: optuna.trial.FrozenTrial, retimed: Mapping[str, flo
         if BOUND in constraints:   # latency - bound: moves with the latency
             constraints[BOUND] += fixed - float(metrics[LATENCY])
         metrics[LATENCY] = fixed
+    return metrics, constraints
+
+
+def corrected_metrics(trial: optuna.trial.FrozenTrial, retimed: Mapping[str, float]) -> tuple[dict, bool]:
+    """A complete trial's metrics with its corrected latency, and whether it meets every constraint then."""
+    metrics, constraints = _corrected(trial, retimed)
     return metrics, all(v <= 0 for v in constraints.values())
 
 
-def _feasible_points(study: optuna.Study, objectives: Sequence[str]) -> dict[int, dict]:
-    retimed = retimed_latencies(study)
-    points = {}
+def _points(study: optuna.Study, objectives: Sequence[str], retimed: Mapping[str, float],
+            margin: float = 0.0) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Complete trials' metrics (latency corrected by `retimed`): those meeting every constraint, and those
+    whose only broken bound is `max_latency_ms` and who would meet it were they 1 + `margin` times faster."""
+    feasible, over_bound = {}, {}
     for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
-        metrics, feasible = corrected_metrics(t, retimed)
-        if feasible and all(o in metrics for o in objectives):
-            points[t.number] = metrics
-    return points
+        metrics, constraints = _corrected(t, retimed)
+        if not all(o in metrics for o in objectives):
+            continue
+        broken = {k for k, v in constraints.items() if v > 0}
+        if not broken:
+            feasible[t.number] = metrics
+        elif broken == {BOUND} and LATENCY in metrics:
+            latency = float(metrics[LATENCY])
+            if constraints[BOUND] - latency * margin / (1 + margin) <= 0:
+                over_bound[t.number] = metrics
+    return feasible, over_bound
 
 
 def front_numbers(study: optuna.Study) -> set[int]:
@@ -83,7 +103,7 @@ def front_numbers(study: optuna.Study) -> set[int]:
     if not any(k != "baseline" for k in retimed_latencies(study)):
         return {t.number for t in study.best_trials}
     objectives = study.metric_names or ["val_accuracy", LATENCY]
-    return non_dominated(_feasible_points(study, objectives), objectives)
+    return non_dominated(_points(study, objectives, retimed_latencies(study))[0], objectives)
 
 
 def near_front(points: Mapping[int, Mapping[str, float]], objectives: Sequence[str], margin: float) -> list[int]:
@@ -123,6 +143,13 @@ def retime_summary(s: Mapping) -> str:
             f"search (beyond ±10 % of the drift): {flagged}")
 
 
+def _clear(study: optuna.Study) -> None:
+    """No re-timing this time: the front reads the search-time latencies again."""
+    if study.user_attrs.get(RETIMED_ATTR) or study.user_attrs.get(SUMMARY_ATTR):
+        study.set_user_attr(RETIMED_ATTR, {})
+        study.set_user_attr(SUMMARY_ATTR, {})
+
+
 Rebuild = Callable[[optuna.trial.FrozenTrial, Path], nn.Module]   # a trial's module from its weights file
 
 
@@ -140,29 +167,72 @@ class RetimeObserver(BaseObserver):
         self.rows: list[Retimed] = []
 
     def on_search_end(self, study: optuna.Study) -> None:
-        if not self.config.rounds or LATENCY not in self.objectives.names:
+        if LATENCY not in self.objectives.names:
+            return
+        if not self.config.rounds:
+            _clear(study)   # a resumed study shows what this invocation measured, not an earlier re-timing
             return
         if self.profile.runtime == "torch" and self.rebuild is None:
             log.info("search.retime: profile %s times the PyTorch module and no rebuild was given; its front is "
                      "not re-timed", self.profile.name)
+            _clear(study)
             return
+        try:
+            self._retime(study)
+        except Exception as exc:   # a correction, not the result: the search's front and report stand without it
+            log.warning("search.retime failed (%s: %s); the front keeps the latencies measured during the search",
+                        type(exc).__name__, exc)
+            self.rows = []
+            _clear(study)
+
+    def _retime(self, study: optuna.Study) -> None:
+        """Re-time the models near the front; should the corrected front hold a model that was not among
+        them (one a re-timed model used to dominate), re-time again with it, at most MAX_PASSES times."""
+        picks = self._picks(study, list(self.objectives.names))
+        for _ in range(MAX_PASSES):
+            if not self._time(study, picks):
+                _clear(study)
+                return
+            # one attribute, replaced whole: a later worker's re-timing leaves nothing of an earlier one behind
+            study.set_user_attr(RETIMED_ATTR, {r.label.lstrip("#"): r.retimed_ms / r.drift for r in self.rows})
+            joined = front_numbers(study) - picks
+            if not joined:
+                break
+            picks |= joined
+        self._record(study)
+
+    def _picks(self, study: optuna.Study, names: list[str]) -> set[int]:
+        """The trials to re-time: near the front with the search-time latencies or with the corrected ones
+        of an earlier re-timing (also one that broke only `max_latency_ms` and would meet it 1 + margin
+        times faster), and every trial an earlier re-timing corrected (the attribute is replaced whole, so
+        a correction is kept only by re-timing)."""
+        margin, earlier = self.config.margin, retimed_latencies(study)
+        picks: set[int] = set()
+        for retimed in ({}, earlier):
+            feasible, over_bound = _points(study, names, retimed, margin)
+            picks |= set(near_front(feasible, names, margin))
+            picks |= {n for n, m in over_bound.items() if n in near_front({**feasible, n: m}, names, margin)}
+        complete = {t.number for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])}
+        return picks | {int(k) for k in earlier if k.isdigit() and int(k) in complete}
+
+    def _time(self, study: optuna.Study, picks: set[int]) -> bool:
+        """Time the baseline and the picked trials side by side (self.rows); False when fewer than two
+        models could be."""
         from autoprune.report.recheck import recheck   # the report package reads this module's front
 
-        names = list(self.objectives.names)
-        picks = near_front(_feasible_points(study, names), names, self.config.margin)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         with tempfile.TemporaryDirectory() as tmp:
             models = [("baseline", self.baseline, self.baseline_ms)] if self.baseline else []
-            for n in picks:
+            for n in sorted(picks):
                 model = self._model(trials[n], Path(tmp))
                 if model is not None:
                     models.append((f"#{n}", model, float(trials[n].user_attrs[LATENCY])))
             if len(models) < 2:
-                return
+                return False
             log.info("search.retime: re-timing %d model(s) near the front side by side, %d rounds",
                      len(models), self.config.rounds)
             self.rows = recheck(models, self.profile, self.config.rounds, self.seed, backend=self.backend)
-        self._record(study)
+        return True
 
     def _model(self, trial: optuna.trial.FrozenTrial, tmp: Path) -> Optional[ExportedModel]:
         """The trial's deployed model as the profile times it (runtime torch: with its rebuilt module)."""
@@ -191,8 +261,6 @@ class RetimeObserver(BaseObserver):
     def _record(self, study: optuna.Study) -> None:
         from autoprune.report.recheck import format_recheck, write_recheck
 
-        # one attribute, replaced whole: a later worker's re-timing leaves nothing of an earlier one behind
-        study.set_user_attr(RETIMED_ATTR, {r.label.lstrip("#"): r.retimed_ms / r.drift for r in self.rows})
         flagged = [r.label for r in self.rows if r.flagged]
         summary = RetimeSummary(self.config.rounds, self.rows[0].drift, len(self.rows), flagged)
         study.set_user_attr(SUMMARY_ATTR, summary.to_dict())
