@@ -87,7 +87,7 @@ METHODS = {
 
 
 def one_search(workdir: Path, method: str, seed: int, trials: int, extra: list[str]) -> dict:
-    """Run (or find finished) one search; its trials as (val acc, test acc, ONNX file)."""
+    """Run (or find finished) one search; its trials as (val acc, test acc, ONNX file, architecture key)."""
     overrides = [*METHODS[method], f"seed={seed}", f"search.n_trials={trials}",
                  f"search.study_name={method}-s{seed}", f"search.storage=sqlite:///{workdir / 'optuna.db'}",
                  f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"cache_dir={workdir / 'cache'}", *extra]
@@ -103,7 +103,7 @@ def one_search(workdir: Path, method: str, seed: int, trials: int, extra: list[s
     for c in outcome.report.trials:
         folder = out / "trials" / f"{c.trial:04d}"
         model = ctx.evaluator.rebuild(plans[c.trial], folder / "model.pt")   # weights only
-        rows.append((c.val_accuracy, evaluate(model, test), folder / "model.onnx"))
+        rows.append((c.val_accuracy, evaluate(model, test), folder / "model.onnx", (c.params, c.macs)))
     all_trials = optuna.load_study(study_name=f"{method}-s{seed}", storage=cfg.search.storage).trials
     done = [t for t in all_trials if t.datetime_start and t.datetime_complete]
     wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
@@ -113,12 +113,16 @@ def one_search(workdir: Path, method: str, seed: int, trials: int, extra: list[s
 
 
 def side_by_side(runs: list[dict], rounds: int, seed: int) -> tuple[dict[Path, float], list[float]]:
-    """Median latency of every run's ONNX models and the baseline's measurements, from one pass."""
+    """Median latency of every run's ONNX models and the baseline's measurements, from one pass. Models
+    of one architecture (same params and MACs: the same plan found by several searches, or a warm start
+    every search tries) share the median of all their measurements: their latency is one number, and
+    timing copies apart would score identical models differently by the machine's noise."""
     cfg: DictConfig = runs[0]["cfg"]
     profile, task = load_profile(cfg.hw), build_task(cfg.task)
     measurer = get_backend(profile)
     baseline, _ = load_baseline(task, Path(cfg.cache_dir))
-    models = [path for r in runs for _, _, path in r["rows"]]
+    models = [path for r in runs for _, _, path, _ in r["rows"]]
+    arch = {path: key for r in runs for _, _, path, key in r["rows"]}
     times: dict[Path, list[float]] = {path: [] for path in models}
     base_ms: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +136,11 @@ def side_by_side(runs: list[dict], rounds: int, seed: int) -> tuple[dict[Path, f
                     base_ms.append(measure(base_onnx))
                 times[path].append(measure(path))
             base_ms.append(measure(base_onnx))
-    return {path: float(np.median(t)) for path, t in times.items()}, base_ms
+    pooled: dict[tuple, list[float]] = {}
+    for path, t in times.items():
+        pooled.setdefault(arch[path], []).extend(t)
+    print(f"seed {seed}: {len(models)} models, {len(pooled)} distinct architectures (params, MACs)", flush=True)
+    return {path: float(np.median(pooled[arch[path]])) for path in times}, base_ms
 
 
 def hv(points: list[tuple[float, float]], base_accuracy: float) -> float:
@@ -158,7 +166,7 @@ def score_seed(runs: list[dict], rounds: int, seed: int) -> list[dict]:
           f"{spread:.1f} %, CV {100 * np.std(base_ms) / np.mean(base_ms):.1f} %); each search's own baseline: "
           + ", ".join(f"{r['method']} {r['own_base_ms']:.3f}" for r in runs), flush=True)
     base_val, base_test = runs[0]["base_val"], runs[0]["base_test"]
-    points = {r["method"]: [(v, t, latency[path] / base) for v, t, path in r["rows"]] for r in runs}
+    points = {r["method"]: [(v, t, latency[path] / base) for v, t, path, _ in r["rows"]] for r in runs}
     points["union"] = [p for r in runs for p in points[r["method"]]]
     walls = {r["method"]: r["wall"] for r in runs} | {"union": sum(r["wall"] for r in runs)}
     counts = {r["method"]: (len(r["rows"]), r["n_candidates"]) for r in runs}
