@@ -189,16 +189,18 @@ class RetimeObserver(BaseObserver):
         """Re-time the models near the front; should the corrected front hold a model that was not among
         them (one a re-timed model used to dominate), re-time again with it, at most MAX_PASSES times."""
         picks = self._picks(study, list(self.objectives.names))
-        for _ in range(MAX_PASSES):
-            if not self._time(study, picks):
-                _clear(study)
-                return
-            # one attribute, replaced whole: a later worker's re-timing leaves nothing of an earlier one behind
-            study.set_user_attr(RETIMED_ATTR, {r.label.lstrip("#"): r.retimed_ms / r.drift for r in self.rows})
-            joined = front_numbers(study) - picks
-            if not joined:
-                break
-            picks |= joined
+        with tempfile.TemporaryDirectory() as tmp:
+            models: dict[int, Optional[ExportedModel]] = {}   # fetched once, whatever the passes
+            for _ in range(MAX_PASSES):
+                if not self._time(study, picks, models, Path(tmp)):
+                    _clear(study)
+                    return
+                # one attribute, replaced whole: a later worker's re-timing leaves nothing of an earlier one behind
+                study.set_user_attr(RETIMED_ATTR, {r.label.lstrip("#"): r.retimed_ms / r.drift for r in self.rows})
+                joined = front_numbers(study) - picks
+                if not joined:
+                    break
+                picks |= joined
         self._record(study)
 
     def _picks(self, study: optuna.Study, names: list[str]) -> set[int]:
@@ -215,23 +217,25 @@ class RetimeObserver(BaseObserver):
         complete = {t.number for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])}
         return picks | {int(k) for k in earlier if k.isdigit() and int(k) in complete}
 
-    def _time(self, study: optuna.Study, picks: set[int]) -> bool:
+    def _time(self, study: optuna.Study, picks: set[int], fetched: dict[int, Optional[ExportedModel]],
+              tmp: Path) -> bool:
         """Time the baseline and the picked trials side by side (self.rows); False when fewer than two
-        models could be."""
+        models could be. `fetched` keeps the trials' models between passes."""
         from autoprune.report.recheck import recheck   # the report package reads this module's front
 
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        with tempfile.TemporaryDirectory() as tmp:
-            models = [("baseline", self.baseline, self.baseline_ms)] if self.baseline else []
-            for n in sorted(picks):
-                model = self._model(trials[n], Path(tmp))
-                if model is not None:
-                    models.append((f"#{n}", model, float(trials[n].user_attrs[LATENCY])))
-            if len(models) < 2:
-                return False
-            log.info("search.retime: re-timing %d model(s) near the front side by side, %d rounds",
-                     len(models), self.config.rounds)
-            self.rows = recheck(models, self.profile, self.config.rounds, self.seed, backend=self.backend)
+        models = [("baseline", self.baseline, self.baseline_ms)] if self.baseline else []
+        for n in sorted(picks):
+            if n not in fetched:
+                fetched[n] = self._model(trials[n], tmp)
+            model = fetched[n]
+            if model is not None:
+                models.append((f"#{n}", model, float(trials[n].user_attrs[LATENCY])))
+        if len(models) < 2:
+            return False
+        log.info("search.retime: re-timing %d model(s) near the front side by side, %d rounds",
+                 len(models), self.config.rounds)
+        self.rows = recheck(models, self.profile, self.config.rounds, self.seed, backend=self.backend)
         return True
 
     def _model(self, trial: optuna.trial.FrozenTrial, tmp: Path) -> Optional[ExportedModel]:
